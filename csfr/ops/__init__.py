@@ -1,0 +1,14 @@
+"""The csfr operators: class_centroids, cac_loss, gated_blend, on several backends.
+
+Each takes backend="auto"|"torch"|"cpu"|"cuda"|"triton" (CSFR_BACKEND overrides "auto");
+`backends()` says which exist here and why the others do not.
+"""
+
+from csfr.ops import reference
+from csfr.ops.dispatch import BackendUnavailable, backends
+from csfr.ops.blend import gated_blend
+from csfr.ops.cac import cac_loss, cac_terms
+from csfr.ops.centroids import class_centroids
+
+__all__ = ["reference", "backends", "BackendUnavailable", "class_centroids", "cac_loss", "cac_terms",
+           "gated_blend"]

@@ -1,0 +1,73 @@
+"""Input validation shared by the operators: clear errors before any work is done.
+
+Metadata checks (shape, dtype, device, K) run everywhere, also under torch.compile.
+Value checks (label range, finite features) need the data, so they run inside the custom
+ops, which execute eagerly even in a compiled graph.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_features_labels(feats: Tensor, labels: Tensor, num_classes: int, op: str) -> None:
+    """Features [B, D, *spatial] floating, labels [B, *spatial] integer, same device, K >= 1."""
+    if not isinstance(feats, Tensor) or not isinstance(labels, Tensor):
+        raise TypeError(f"{op}: features and labels must be tensors, got "
+                        f"{type(feats).__name__} and {type(labels).__name__}")
+    if feats.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: features must be float32/float16/bfloat16/float64, got {feats.dtype}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"{op}: labels must be an integer tensor, got {labels.dtype}")
+    if feats.dim() < 2:
+        raise ValueError(f"{op}: features must be [B, D, *spatial], got shape {tuple(feats.shape)}")
+    if tuple(labels.shape) != (feats.shape[0], *feats.shape[2:]):
+        raise ValueError(
+            f"{op}: labels shape {tuple(labels.shape)} does not match features shape "
+            f"{tuple(feats.shape)}; expected labels of shape {(feats.shape[0], *feats.shape[2:])}")
+    if feats.device != labels.device:
+        raise ValueError(f"{op}: features are on {feats.device} but labels are on {labels.device}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"{op}: num_classes must be an integer >= 1, got {num_classes!r}")
+
+
+def check_label_values(labels: Tensor, num_classes: int, ignore_index: int, op: str) -> None:
+    """Every label is in [0, num_classes) or equals ignore_index; names the first offender."""
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        value = int(labels[bad][0])
+        where = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{op}: label value {value} at index {where} is outside [0, {num_classes}) "
+                         f"and is not ignore_index={ignore_index}")
+
+
+def check_finite_sums(sums: Tensor, op: str) -> None:
+    """Sums are finite iff every summed feature is; raises instead of returning a NaN loss."""
+    if not bool(torch.isfinite(sums).all()):
+        bad = (~torch.isfinite(sums)).nonzero()[0]
+        raise ValueError(f"{op}: features contain NaN or Inf (first in image {int(bad[0])}, "
+                         f"in pixels of class {int(bad[1])})")
+
+
+def check_blend(x: Tensor, s: Tensor, g: Tensor) -> None:
+    """x and s same shape and dtype, g broadcastable to x, all on one device."""
+    for name, t in (("x", x), ("s", s), ("g", g)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"gated_blend: {name} must be a tensor, got {type(t).__name__}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"gated_blend: {name} must be floating point, got {t.dtype}")
+    if x.shape != s.shape:
+        raise ValueError(f"gated_blend: x shape {tuple(x.shape)} != s shape {tuple(s.shape)}")
+    if not (x.dtype == s.dtype == g.dtype):
+        raise TypeError(f"gated_blend: x, s, g must share a dtype, got {x.dtype}, {s.dtype}, {g.dtype}")
+    if not (x.device == s.device == g.device):
+        raise ValueError(f"gated_blend: x, s, g must be on one device, got {x.device}, {s.device}, {g.device}")
+    try:
+        shape = torch.broadcast_shapes(x.shape, g.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape or g.dim() > x.dim():
+        raise ValueError(f"gated_blend: gate shape {tuple(g.shape)} does not broadcast to x shape {tuple(x.shape)}")

@@ -1,0 +1,102 @@
+"""Which kernel backends exist here, and picking one for a given tensor.
+
+A backend provides the five kernels the operators are built from (the "kernel contract"
+in docs/kernels.md): segment_sum, cac_pixel_pass, pixel_grad, blend_forward, blend_backward.
+`torch` is the reference and has no kernels: the operators fall back to csfr.ops.reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import SimpleNamespace
+
+import torch
+
+NAMES = ("torch", "cpu", "cuda", "triton")
+_KERNEL_NAMES = ("segment_sum", "cac_pixel_pass", "pixel_grad", "blend_forward", "blend_backward")
+
+
+class BackendUnavailable(RuntimeError):
+    """Raised when a requested backend cannot run here; the message says why."""
+
+
+@functools.lru_cache(maxsize=None)
+def _extension():
+    """Returns (module, None) if csfr._C imports, else (None, reason)."""
+    try:
+        from csfr import _C
+    except ImportError as exc:
+        return None, (f"the C++ extension csfr._C is not built ({exc}); "
+                      "run `pip install --no-build-isolation .` in the source tree")
+    return _C, None
+
+
+def _why_not(name: str) -> str | None:
+    """None if backend `name` can run here, else the reason it cannot."""
+    if name == "torch":
+        return None
+    if name in ("cpu", "cuda"):
+        ext, reason = _extension()
+        if ext is None:
+            return reason
+        if name == "cuda":
+            if not ext.with_cuda:
+                return ("csfr._C was built without CUDA (torch had no CUDA or nvcc was not found at "
+                        "build time; rebuild with CSFR_BUILD_CUDA=1)")
+            if not torch.cuda.is_available():
+                return "no CUDA device is visible to torch"
+        return None
+    if name == "triton":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "triton is not installed (pip install triton)"
+        if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
+            return "no CUDA device is visible to torch (set TRITON_INTERPRET=1 to run on the CPU)"
+        return None
+    raise ValueError(f"unknown backend {name!r}; valid: {', '.join(NAMES)}")
+
+
+def backends() -> dict[str, str]:
+    """Every backend mapped to 'available' or the reason it is not."""
+    return {name: _why_not(name) or "available" for name in NAMES}
+
+
+@functools.lru_cache(maxsize=None)
+def kernels(name: str) -> SimpleNamespace:
+    """The five kernels of backend `name` (cpu, cuda or triton) as plain callables."""
+    reason = _why_not(name)
+    if reason is not None:
+        raise BackendUnavailable(f"csfr backend {name!r} is unavailable: {reason}")
+    if name in ("cpu", "cuda"):
+        ops = torch.ops.csfr
+        return SimpleNamespace(**{k: getattr(ops, k).default for k in _KERNEL_NAMES})
+    if name == "triton":
+        from csfr.ops import triton as triton_kernels
+        return SimpleNamespace(**{k: getattr(triton_kernels, k) for k in _KERNEL_NAMES})
+    raise ValueError(f"backend {name!r} has no kernels (the torch backend is the reference)")
+
+
+def resolve(backend: str, device: torch.device) -> str:
+    """The concrete backend to run on `device`.
+
+    An explicit name is checked and returned; "auto" honours CSFR_BACKEND if set, else picks
+    cuda -> triton -> torch on CUDA tensors and cpu -> torch elsewhere.
+    """
+    if backend == "auto":
+        backend = os.environ.get("CSFR_BACKEND", "auto") or "auto"
+    if backend == "auto":
+        order = ("cuda", "triton", "torch") if device.type == "cuda" else ("cpu", "torch")
+        return next(name for name in order if _why_not(name) is None)
+    reason = _why_not(backend)
+    if reason is not None:
+        raise BackendUnavailable(f"csfr backend {backend!r} is unavailable: {reason}")
+    if backend == "cpu" and device.type != "cpu":
+        raise BackendUnavailable(f"csfr backend 'cpu' runs on CPU tensors, got tensors on {device}")
+    if backend == "cuda" and device.type != "cuda":
+        raise BackendUnavailable(f"csfr backend 'cuda' runs on CUDA tensors, got tensors on {device}")
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise BackendUnavailable(
+            f"csfr backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1), got tensors on {device}")
+    return backend
