@@ -1,0 +1,78 @@
+"""Losses of the CSFR network: the Class-Aware Consistency loss and segmentation cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from csfr.ops import cac_terms
+
+
+def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest-neighbour resize of a [B,H,W] integer label map to `size` (ignore values kept)."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels.unsqueeze(1).float(), size=size, mode="nearest").squeeze(1).long()
+
+
+def _check_label_map(labels: Tensor, batch: int, where: str) -> None:
+    if not isinstance(labels, Tensor) or labels.dim() != 3:
+        shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+        raise ValueError(f"{where}: labels must be a [B, H, W] label map, got {shape}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"{where}: labels must be an integer tensor, got {labels.dtype}")
+    if labels.shape[0] != batch:
+        raise ValueError(f"{where}: labels batch {labels.shape[0]} != features batch {batch}")
+
+
+class ClassAwareConsistencyLoss(nn.Module):
+    """CAC loss on C-S features [B,D,h,w] against the full-resolution label map [B,H,W].
+
+    Labels are nearest-downsampled to h x w, then the fused `cac_loss` operator runs. The
+    result is a dict of the two weighted terms, so a training loop can log them apart.
+    """
+
+    def __init__(self, num_classes: int, delta_v: float = 0.5, delta_d: float = 1.5,
+                 w_intra: float = 1.0, w_inter: float = 1.0, ignore_index: int = 255,
+                 backend: str = "auto"):
+        super().__init__()
+        self.num_classes, self.ignore_index, self.backend = num_classes, ignore_index, backend
+        self.delta_v, self.delta_d = delta_v, delta_d
+        self.w_intra, self.w_inter = w_intra, w_inter
+
+    def forward(self, feats: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        if feats.dim() != 4:
+            raise ValueError(f"ClassAwareConsistencyLoss: features must be [B, D, h, w], got {tuple(feats.shape)}")
+        _check_label_map(labels, feats.shape[0], "ClassAwareConsistencyLoss")
+        small = downsample_labels(labels, tuple(feats.shape[-2:]))
+        intra, inter = cac_terms(feats, small, self.num_classes, self.delta_v, self.delta_d,
+                                 self.ignore_index, self.backend)
+        return {"cac_intra": self.w_intra * intra, "cac_inter": self.w_inter * inter}
+
+    def total(self, feats: Tensor, labels: Tensor) -> Tensor:
+        """The summed loss w_intra * intra + w_inter * inter."""
+        terms = self(feats, labels)
+        return terms["cac_intra"] + terms["cac_inter"]
+
+    def extra_repr(self) -> str:
+        return (f"num_classes={self.num_classes}, delta_v={self.delta_v}, delta_d={self.delta_d}, "
+                f"w_intra={self.w_intra}, w_inter={self.w_inter}, ignore_index={self.ignore_index}")
+
+
+class SegmentationCrossEntropy(nn.Module):
+    """Pixel-wise cross-entropy; logits are bilinearly resized to the label map if needed."""
+
+    def __init__(self, ignore_index: int = 255, weight: float = 1.0):
+        super().__init__()
+        self.ignore_index, self.weight = ignore_index, weight
+
+    def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
+        _check_label_map(labels, logits.shape[0], "SegmentationCrossEntropy")
+        if tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):
+            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        labels = labels.long()
+        total = F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_index, reduction="sum")
+        # mean over counted pixels; a batch whose pixels are all ignored gives 0, not NaN
+        count = (labels != self.ignore_index).sum().clamp_min(1)
+        return self.weight * total / count

@@ -1,0 +1,58 @@
+"""ClassAwareConsistencyLoss and SegmentationCrossEntropy: label handling and agreement with the ops."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from csfr.losses import ClassAwareConsistencyLoss, SegmentationCrossEntropy, downsample_labels
+from csfr.ops import reference
+
+
+def test_downsample_labels_is_nearest_and_keeps_ignore():
+    labels = torch.arange(16).reshape(1, 4, 4)
+    labels[0, 0, 0] = 255
+    small = downsample_labels(labels, (2, 2))
+    assert small.tolist() == [[[255, 2], [8, 10]]]
+    assert downsample_labels(labels, (4, 4)) is labels
+
+
+def test_cac_loss_module_matches_reference_on_downsampled_labels():
+    feats = torch.randn(2, 16, 6, 8, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 24, 32))
+    labels[1, :12] = 255
+    loss = ClassAwareConsistencyLoss(4, delta_v=0.1, delta_d=1.0, w_intra=2.0, w_inter=0.5, backend="torch")
+    terms = loss(feats, labels)
+    small = F.interpolate(labels[:, None].float(), size=(6, 8), mode="nearest")[:, 0].long()
+    intra, inter = reference.cac_terms(feats, small, 4, 0.1, 1.0)
+    torch.testing.assert_close(terms["cac_intra"], 2.0 * intra)
+    torch.testing.assert_close(terms["cac_inter"], 0.5 * inter)
+    torch.testing.assert_close(loss.total(feats, labels), 2.0 * intra + 0.5 * inter)
+    loss.total(feats, labels).backward()
+    assert torch.isfinite(feats.grad).all() and feats.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("labels, match", [
+    (torch.zeros(2, 8, dtype=torch.long), r"\[B, H, W\]"),
+    (torch.zeros(2, 8, 8), "integer"),
+    (torch.zeros(3, 8, 8, dtype=torch.long), "batch"),
+])
+def test_cac_loss_module_rejects_bad_labels(labels, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ClassAwareConsistencyLoss(4)(torch.randn(2, 8, 4, 4), labels)
+
+
+def test_cross_entropy_resizes_logits_and_ignores():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 8, 8))
+    labels[0, 0] = 255
+    up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
+    expected = F.cross_entropy(up, labels, ignore_index=255)
+    torch.testing.assert_close(SegmentationCrossEntropy()(logits, labels), expected)
+    torch.testing.assert_close(SegmentationCrossEntropy(weight=0.4)(logits, labels), 0.4 * expected)
+
+
+def test_cross_entropy_all_ignored_is_zero_not_nan():
+    logits = torch.randn(1, 3, 4, 4, requires_grad=True)
+    loss = SegmentationCrossEntropy()(logits, torch.full((1, 4, 4), 255))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
