@@ -1,0 +1,119 @@
+// cac_pixel_pass: per-pixel distance to its class centroid, hinge, coefficient, and the
+// coefficient-weighted class sums (docs/kernels.md, docs/cuda.md).
+//
+// Block = kPix neighbouring pixels (the 32 lanes of each warp) x kGroups warps, and the block owns
+// those pixels across all D channels. Why:
+//  - A pixel's distance ||f_i - mu_k|| reduces over D, but features are [B, D, N] (pixel-contiguous).
+//    Warp w reads channels w, w + kGroups, ... of the 32 pixels: each load is a coalesced 32-pixel
+//    row segment, the partial squared distances stay in registers, and one shared-memory pass over
+//    kGroups partials finishes each pixel's distance. No [N, D] transpose, no second kernel.
+//  - The weighted sums re-read the very addresses this thread just read. The tile is kPix * D
+//    elements (64 KiB at D = 512 fp32); with a few blocks per SM the live tiles of the whole GPU fit
+//    in L2 (tens of MB), so the second read is an L2 hit, not DRAM traffic: two passes over the
+//    features cost about one DRAM read. Images are visited in reverse order of segment_sum (which runs
+//    just before) so the image segment_sum read last, still in L2, is the first one read here.
+//  - Each channel's 32 weighted values are folded per class with a warp reduction (one butterfly per
+//    distinct class in the warp, usually one), so global atomics are one per warp, class and channel.
+//  - Warps whose 32 pixels all lie within the margin (coef = 0, common once training converges) skip
+//    the second read entirely.
+#include "common.cuh"
+
+namespace csfr {
+namespace {
+
+using namespace detail;
+
+constexpr int kPix = 32;
+constexpr int kGroups = 16;
+
+template <typename T>
+__global__ void __launch_bounds__(kPix * kGroups)
+cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labels,
+                      const acc_t<T>* __restrict__ mu, acc_t<T> delta_v, acc_t<T>* __restrict__ coef,
+                      acc_t<T>* __restrict__ hinge, acc_t<T>* __restrict__ wsum, acc_t<T>* __restrict__ wcount,
+                      int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore) {
+  using A = acc_t<T>;
+  __shared__ A partial[kGroups][kPix];
+  __shared__ A s_coef[kPix];
+  const int lane = threadIdx.x, grp = threadIdx.y;
+  const int64_t b = B - 1 - blockIdx.y;  // reverse image order: see the header comment
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kPix + lane;
+  const int k = i < N ? class_of(labels, b * N + i, K, ignore) : -1;
+  const T* fi = feats + b * D * N + i;
+
+  // pass 1: partial squared distance over this warp's channels
+  A acc = 0;
+  if (k >= 0) {
+    const A* m = mu + (b * K + k) * D;
+#pragma unroll 4
+    for (int64_t d = grp; d < D; d += kGroups) {
+      const A diff = to_acc(fi[d * N]) - m[d];
+      acc += diff * diff;
+    }
+  }
+  partial[grp][lane] = acc;
+  __syncthreads();
+  if (grp == 0) {
+    A sq = 0;
+#pragma unroll
+    for (int j = 0; j < kGroups; ++j) sq += partial[j][lane];
+    const A r = sqrt(sq);
+    const A h = k >= 0 && r > delta_v ? r - delta_v : A(0);
+    const A c = h > A(0) ? 2 * h / r : A(0);
+    if (i < N) coef[b * N + i] = c;
+    s_coef[lane] = c;
+    warp_segment_add(k, h * h, [&](int kk, A t) { atomicAdd(hinge + b * K + kk, t); });
+    warp_segment_add(k, c, [&](int kk, A t) { atomicAdd(wcount + b * K + kk, t); });
+  }
+  __syncthreads();
+
+  // pass 2: wsum[k, d] += coef_i * f_i[d], re-reading the tile from L1/L2
+  const A c = s_coef[lane];
+  if (!__any_sync(kFullMask, c != A(0))) return;
+  const int kc = c != A(0) ? k : -1;  // pixels with zero weight add nothing
+  A* ws = wsum + b * K * D;
+  for (int64_t d = grp; d < D; d += kGroups) {
+    const A v = kc >= 0 ? c * to_acc(fi[d * N]) : A(0);
+    warp_segment_add(kc, v, [&](int kk, A t) { atomicAdd(ws + kk * D + d, t); });
+  }
+}
+
+template <typename T>
+cudaError_t launch(const void* feats, const int64_t* labels, const void* mu, double delta_v, void* coef,
+                   void* hinge, void* wsum, void* wcount, int64_t B, int64_t D, int64_t N, int64_t K,
+                   int64_t ignore, cudaStream_t stream) {
+  using A = acc_t<T>;
+  cudaError_t err = cudaSuccess;
+  const void* bufs[] = {coef, hinge, wsum, wcount};
+  const int64_t sizes[] = {B * N, B * K, B * K * D, B * K};
+  for (int j = 0; j < 4 && err == cudaSuccess; ++j)
+    err = cudaMemsetAsync(const_cast<void*>(bufs[j]), 0, sizeof(A) * sizes[j], stream);
+  if (err != cudaSuccess || B == 0 || N == 0) return err;
+  const int64_t tiles = (N + kPix - 1) / kPix;
+  if (tiles > INT32_MAX) return cudaErrorInvalidValue;
+  // chunks of images are taken from the end so the reverse order holds across chunks too
+  for (int64_t done = 0; done < B; done += kMaxGridYZ) {
+    const int64_t nb = B - done < kMaxGridYZ ? B - done : kMaxGridYZ;
+    const int64_t b0 = B - done - nb;
+    const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(nb));
+    cac_pixel_pass_kernel<T><<<grid, dim3(kPix, kGroups), 0, stream>>>(
+        static_cast<const T*>(feats) + b0 * D * N, labels + b0 * N, static_cast<const A*>(mu) + b0 * K * D,
+        static_cast<A>(delta_v), static_cast<A*>(coef) + b0 * N, static_cast<A*>(hinge) + b0 * K,
+        static_cast<A*>(wsum) + b0 * K * D, static_cast<A*>(wcount) + b0 * K, nb, D, N, K, ignore);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
+cudaError_t cac_pixel_pass(DType dtype, const void* feats, const int64_t* labels, const void* mu,
+                           double delta_v, void* coef, void* hinge, void* wsum, void* wcount, int64_t B,
+                           int64_t D, int64_t N, int64_t K, int64_t ignore_index, cudaStream_t stream) {
+  return CSFR_DISPATCH(dtype, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    return launch<T>(feats, labels, mu, delta_v, coef, hinge, wsum, wcount, B, D, N, K, ignore_index, stream);
+  });
+}
+
+}  // namespace csfr

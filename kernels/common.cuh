@@ -1,0 +1,86 @@
+// Device helpers shared by the csfr kernels: accumulation types, conversions, labels, warp sums.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "csfr_kernels.cuh"
+
+namespace csfr {
+namespace detail {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int64_t kMaxGridYZ = 65535;  // gridDim.y / gridDim.z limit: launchers chunk larger extents
+
+// acc: float64 for double, float32 for everything else.
+template <typename T> struct Acc { using type = float; };
+template <> struct Acc<double> { using type = double; };
+template <typename T> using acc_t = typename Acc<T>::type;
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_acc(acc_t<T> v) { return static_cast<T>(v); }
+template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float sigmoid(float v) { return 1.f / (1.f + __expf(-v)); }
+__device__ __forceinline__ double sigmoid(double v) { return 1.0 / (1.0 + exp(-v)); }
+
+// Class of a pixel, or -1 when it is ignored (ignore_index, or defensively any value outside [0, K)).
+__device__ __forceinline__ int class_of(const int64_t* labels, int64_t idx, int64_t K, int64_t ignore) {
+  const int64_t v = labels[idx];
+  return (v == ignore || v < 0 || v >= K) ? -1 : static_cast<int>(v);
+}
+
+// Sum over the 32 lanes; every lane gets the total.
+template <typename A> __device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+}
+
+// Segmented warp reduction: lanes holding the same class k >= 0 sum `v`, and one lane per class
+// calls add(k, total). Pixels of a warp are 32 neighbours, so a warp usually holds one or two
+// classes: this costs one butterfly per distinct class instead of 32 atomics. All lanes must call.
+template <typename A, typename Add>
+__device__ __forceinline__ void warp_segment_add(int k, A v, Add add) {
+  const int lane = threadIdx.x & 31;
+  unsigned todo = __ballot_sync(kFullMask, k >= 0);
+  while (todo) {
+    const int leader = __ffs(todo) - 1;
+    const int kl = __shfl_sync(kFullMask, k, leader);
+    const A total = warp_sum(k == kl ? v : A(0));
+    if (lane == leader) add(kl, total);
+    todo &= ~__ballot_sync(kFullMask, k == kl);
+  }
+}
+
+// Shared-memory buffer of dynamic size, aligned for double.
+template <typename A> __device__ __forceinline__ A* dynamic_smem() {
+  extern __shared__ __align__(16) unsigned char csfr_smem[];
+  return reinterpret_cast<A*>(csfr_smem);
+}
+
+}  // namespace detail
+}  // namespace csfr
+
+// Instantiates `launch<T>()` for the runtime dtype; `launch` is a generic lambda taking a T* tag.
+#define CSFR_DISPATCH(dtype, launch)                                           \
+  [&]() -> cudaError_t {                                                       \
+    switch (dtype) {                                                           \
+      case ::csfr::DType::kFloat32: return launch(static_cast<float*>(nullptr)); \
+      case ::csfr::DType::kFloat16: return launch(static_cast<__half*>(nullptr)); \
+      case ::csfr::DType::kBFloat16: return launch(static_cast<__nv_bfloat16*>(nullptr)); \
+      case ::csfr::DType::kFloat64: return launch(static_cast<double*>(nullptr)); \
+    }                                                                          \
+    return cudaErrorInvalidValue;                                              \
+  }()

@@ -1,0 +1,46 @@
+// Raw-pointer launchers of the csfr CUDA kernels (docs/kernels.md, docs/cuda.md).
+//
+// No torch headers: the .cu files that define these compile with nvcc alone, and the host glue in
+// csrc/cuda/ includes only this header. Every launcher enqueues on `stream`, zero-fills the outputs
+// it accumulates into, and returns cudaGetLastError() after its launches. Shapes follow the kernel
+// contract: feats [B, D, N] contiguous in `dtype`, labels [B, N] int64; "acc" buffers are float32
+// (float64 when dtype is kFloat64). Labels equal to ignore_index, or outside [0, K), count nowhere.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace csfr {
+
+enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
+
+// sums [B,K,D] acc, counts [B,K] acc.
+cudaError_t segment_sum(DType dtype, const void* feats, const int64_t* labels, void* sums, void* counts,
+                        int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore_index,
+                        cudaStream_t stream);
+
+// mu [B,K,D] acc in; coef [B,N], hinge [B,K], wsum [B,K,D], wcount [B,K] acc out.
+cudaError_t cac_pixel_pass(DType dtype, const void* feats, const int64_t* labels, const void* mu,
+                           double delta_v, void* coef, void* hinge, void* wsum, void* wcount, int64_t B,
+                           int64_t D, int64_t N, int64_t K, int64_t ignore_index, cudaStream_t stream);
+
+// g [B,K,D] acc; mu [B,K,D], coef [B,N], a [B,K] acc, all three null or all three given.
+// out [B,D,N] in `dtype`; feats is read only when mu/coef/a are given.
+cudaError_t pixel_grad(DType dtype, const void* feats, const int64_t* labels, const void* g, const void* mu,
+                       const void* coef, const void* a, void* out, int64_t B, int64_t D, int64_t N, int64_t K,
+                       int64_t ignore_index, cudaStream_t stream);
+
+// How the gate of gated_blend broadcasts over x [B,C,N].
+enum class GateMode : int { kFull = 0, kPixel = 1, kChannel = 2 };
+
+// z = x + sigmoid(g) (s - x); x, s, z [B,C,N]; g [B,C,N] / [B,1,N] / [B,C,1] by `mode`.
+cudaError_t blend_forward(DType dtype, GateMode mode, const void* x, const void* s, const void* g, void* z,
+                          int64_t B, int64_t C, int64_t N, cudaStream_t stream);
+
+// dx, ds like x; dg like g (its reductions over broadcast dims accumulate in acc).
+cudaError_t blend_backward(DType dtype, GateMode mode, const void* grad_z, const void* x, const void* s,
+                           const void* g, void* dx, void* ds, void* dg, int64_t B, int64_t C, int64_t N,
+                           cudaStream_t stream);
+
+}  // namespace csfr
