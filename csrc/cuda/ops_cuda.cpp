@@ -1,0 +1,170 @@
+// CUDA implementations of the csfr kernel schemas (csrc/ops.cpp): check inputs, allocate outputs,
+// launch the raw-pointer kernels of kernels/csfr_kernels.cuh on torch's current stream, check the launch.
+// Label values are validated by the Python operators before they get here (a device-side check would
+// need a host sync); the kernels treat any value outside [0, K) as ignored, so bad labels cannot write
+// out of bounds.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "csfr_kernels.cuh"
+
+namespace {
+
+using at::Tensor;
+
+csfr::DType kernel_dtype(const Tensor& t, const char* op) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return csfr::DType::kFloat32;
+    case at::kHalf: return csfr::DType::kFloat16;
+    case at::kBFloat16: return csfr::DType::kBFloat16;
+    case at::kDouble: return csfr::DType::kFloat64;
+    default: TORCH_CHECK(false, op, ": features must be float32/float16/bfloat16/float64, got ", t.scalar_type());
+  }
+}
+
+at::ScalarType acc_type(const Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_cuda(const Tensor& t, const Tensor& like, const char* op, const char* name) {
+  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but features are on ",
+              like.device());
+  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
+}
+
+void check_feats_labels(const Tensor& feats, const Tensor& labels, const char* op) {
+  TORCH_CHECK(feats.dim() == 3, op, ": features must be [B, D, N], got ", feats.sizes());
+  check_cuda(feats, feats, op, "features");
+  check_cuda(labels, feats, op, "labels");
+  TORCH_CHECK(labels.dim() == 2 && labels.size(0) == feats.size(0) && labels.size(1) == feats.size(2), op,
+              ": labels must be [B, N] = [", feats.size(0), ", ", feats.size(2), "], got ", labels.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
+  kernel_dtype(feats, op);
+}
+
+// An acc-dtype operand of shape `shape` on the features' device.
+void check_acc(const Tensor& t, const Tensor& feats, at::IntArrayRef shape, const char* op, const char* name) {
+  check_cuda(t, feats, op, name);
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == acc_type(feats), op, ": ", name, " must be ", acc_type(feats), ", got ",
+              t.scalar_type());
+}
+
+// torch's current stream (what at::cuda::getCurrentCUDAStream returns; the c10 header avoids cuSPARSE/cuBLAS)
+cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+std::tuple<Tensor, Tensor> segment_sum_cuda(const Tensor& feats, const Tensor& labels, int64_t K,
+                                            int64_t ignore_index) {
+  check_feats_labels(feats, labels, "segment_sum");
+  TORCH_CHECK(K >= 1, "segment_sum: num_classes must be >= 1, got ", K);
+  const c10::cuda::CUDAGuard guard(feats.device());
+  const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
+  auto opts = feats.options().dtype(acc_type(feats));
+  Tensor sums = at::empty({B, K, D}, opts), counts = at::empty({B, K}, opts);
+  C10_CUDA_CHECK(csfr::segment_sum(kernel_dtype(feats, "segment_sum"), feats.data_ptr(),
+                                   labels.data_ptr<int64_t>(), sums.data_ptr(), counts.data_ptr(), B, D, N, K,
+                                   ignore_index, stream()));
+  return {sums, counts};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> cac_pixel_pass_cuda(const Tensor& feats, const Tensor& labels,
+                                                               const Tensor& mu, double delta_v,
+                                                               int64_t ignore_index) {
+  check_feats_labels(feats, labels, "cac_pixel_pass");
+  const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
+  TORCH_CHECK(mu.dim() == 3, "cac_pixel_pass: mu must be [B, K, D], got ", mu.sizes());
+  const int64_t K = mu.size(1);
+  check_acc(mu, feats, {B, K, D}, "cac_pixel_pass", "mu");
+  TORCH_CHECK(delta_v >= 0, "cac_pixel_pass: delta_v must be >= 0, got ", delta_v);
+  const c10::cuda::CUDAGuard guard(feats.device());
+  auto opts = feats.options().dtype(acc_type(feats));
+  Tensor coef = at::empty({B, N}, opts), hinge = at::empty({B, K}, opts);
+  Tensor wsum = at::empty({B, K, D}, opts), wcount = at::empty({B, K}, opts);
+  C10_CUDA_CHECK(csfr::cac_pixel_pass(kernel_dtype(feats, "cac_pixel_pass"), feats.data_ptr(),
+                                      labels.data_ptr<int64_t>(), mu.data_ptr(), delta_v, coef.data_ptr(),
+                                      hinge.data_ptr(), wsum.data_ptr(), wcount.data_ptr(), B, D, N, K,
+                                      ignore_index, stream()));
+  return {coef, hinge, wsum, wcount};
+}
+
+Tensor pixel_grad_cuda(const Tensor& feats, const Tensor& labels, const Tensor& g, int64_t ignore_index,
+                       const std::optional<Tensor>& mu, const std::optional<Tensor>& coef,
+                       const std::optional<Tensor>& a) {
+  check_feats_labels(feats, labels, "pixel_grad");
+  const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
+  TORCH_CHECK(g.dim() == 3, "pixel_grad: g must be [B, K, D], got ", g.sizes());
+  const int64_t K = g.size(1);
+  check_acc(g, feats, {B, K, D}, "pixel_grad", "g");
+  const bool direct = mu.has_value() && coef.has_value() && a.has_value();
+  TORCH_CHECK(direct || (!mu.has_value() && !coef.has_value() && !a.has_value()),
+              "pixel_grad: mu, coef and a must be given together");
+  if (direct) {
+    check_acc(*mu, feats, {B, K, D}, "pixel_grad", "mu");
+    check_acc(*coef, feats, {B, N}, "pixel_grad", "coef");
+    check_acc(*a, feats, {B, K}, "pixel_grad", "a");
+  }
+  const c10::cuda::CUDAGuard guard(feats.device());
+  Tensor out = at::empty_like(feats);
+  C10_CUDA_CHECK(csfr::pixel_grad(kernel_dtype(feats, "pixel_grad"), feats.data_ptr(), labels.data_ptr<int64_t>(),
+                                  g.data_ptr(), direct ? mu->data_ptr() : nullptr,
+                                  direct ? coef->data_ptr() : nullptr, direct ? a->data_ptr() : nullptr,
+                                  out.data_ptr(), B, D, N, K, ignore_index, stream()));
+  return out;
+}
+
+csfr::GateMode check_blend(const Tensor& x, const Tensor& s, const Tensor& g, const char* op) {
+  TORCH_CHECK(x.dim() == 3 && x.sizes() == s.sizes(), op, ": x and s must be [B, C, N] of one shape, got ",
+              x.sizes(), " and ", s.sizes());
+  check_cuda(x, x, op, "x");
+  check_cuda(s, x, op, "s");
+  check_cuda(g, x, op, "g");
+  TORCH_CHECK(x.scalar_type() == s.scalar_type() && x.scalar_type() == g.scalar_type(), op,
+              ": x, s, g must share a dtype, got ", x.scalar_type(), ", ", s.scalar_type(), ", ", g.scalar_type());
+  kernel_dtype(x, op);
+  const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
+  TORCH_CHECK(g.dim() == 3 && g.size(0) == B, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1], got ", g.sizes());
+  if (g.size(1) == C && g.size(2) == N) return csfr::GateMode::kFull;
+  if (g.size(1) == 1 && g.size(2) == N) return csfr::GateMode::kPixel;
+  TORCH_CHECK(g.size(1) == C && g.size(2) == 1, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1], got ",
+              g.sizes());
+  return csfr::GateMode::kChannel;
+}
+
+Tensor blend_forward_cuda(const Tensor& x, const Tensor& s, const Tensor& g) {
+  const csfr::GateMode mode = check_blend(x, s, g, "blend_forward");
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor z = at::empty_like(x);
+  C10_CUDA_CHECK(csfr::blend_forward(kernel_dtype(x, "blend_forward"), mode, x.data_ptr(), s.data_ptr(),
+                                     g.data_ptr(), z.data_ptr(), x.size(0), x.size(1), x.size(2), stream()));
+  return z;
+}
+
+std::tuple<Tensor, Tensor, Tensor> blend_backward_cuda(const Tensor& grad_z, const Tensor& x, const Tensor& s,
+                                                       const Tensor& g) {
+  const csfr::GateMode mode = check_blend(x, s, g, "blend_backward");
+  check_cuda(grad_z, x, "blend_backward", "grad_z");
+  TORCH_CHECK(grad_z.sizes() == x.sizes() && grad_z.scalar_type() == x.scalar_type(),
+              "blend_backward: grad_z must match x (", x.sizes(), ", ", x.scalar_type(), "), got ", grad_z.sizes(),
+              ", ", grad_z.scalar_type());
+  const c10::cuda::CUDAGuard guard(x.device());
+  Tensor dx = at::empty_like(x), ds = at::empty_like(s), dg = at::empty_like(g);
+  C10_CUDA_CHECK(csfr::blend_backward(kernel_dtype(x, "blend_backward"), mode, grad_z.data_ptr(), x.data_ptr(),
+                                      s.data_ptr(), g.data_ptr(), dx.data_ptr(), ds.data_ptr(), dg.data_ptr(),
+                                      x.size(0), x.size(1), x.size(2), stream()));
+  return {dx, ds, dg};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(csfr, CUDA, m) {
+  m.impl("segment_sum", &segment_sum_cuda);
+  m.impl("cac_pixel_pass", &cac_pixel_pass_cuda);
+  m.impl("pixel_grad", &pixel_grad_cuda);
+  m.impl("blend_forward", &blend_forward_cuda);
+  m.impl("blend_backward", &blend_backward_cuda);
+}
