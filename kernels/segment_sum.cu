@@ -57,7 +57,7 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
 
   const T* fb = feats + (b * D + d0) * N;
   const int64_t* yb = labels + b * N;
-  A run[kDT];
+  A run[kDT] = {};
   A run_n = 0;
   int run_k = -1;  // warp-uniform class of the current run, -1 = none
   const int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads * kItems + threadIdx.x;
