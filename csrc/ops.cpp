@@ -1,6 +1,6 @@
 // Schemas of the csfr kernels (the kernel contract of docs/kernels.md) and the Python module.
 // Implementations register per dispatch key: CPU in csrc/cpu_kernels.cpp, CUDA in csrc/cuda/.
-#include <torch/extension.h>
+#include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(csfr, m) {
@@ -14,15 +14,27 @@ TORCH_LIBRARY(csfr, m) {
   m.def("blend_backward(Tensor grad_z, Tensor x, Tensor s, Tensor g) -> (Tensor, Tensor, Tensor)");
 }
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+// A plain CPython module (no pybind11: it keeps the build light); importing it loads the
+// op registrations above. Attributes say what this build contains.
+static PyModuleDef csfr_module = {PyModuleDef_HEAD_INIT, "_C", "csfr fused kernels", -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* m = PyModule_Create(&csfr_module);
+  if (m == nullptr) return nullptr;
 #ifdef CSFR_WITH_CUDA
-  m.attr("with_cuda") = true;
+  const bool with_cuda = true;
 #else
-  m.attr("with_cuda") = false;
+  const bool with_cuda = false;
 #endif
 #ifdef _OPENMP
-  m.attr("with_openmp") = true;
+  const bool with_openmp = true;
 #else
-  m.attr("with_openmp") = false;
+  const bool with_openmp = false;
 #endif
+  if (PyModule_AddObject(m, "with_cuda", PyBool_FromLong(with_cuda)) < 0 ||
+      PyModule_AddObject(m, "with_openmp", PyBool_FromLong(with_openmp)) < 0) {
+    Py_DECREF(m);
+    return nullptr;
+  }
+  return m;
 }

@@ -23,7 +23,7 @@ def flatten(feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     return feats.reshape(b, d, -1).contiguous(), labels.reshape(b, -1).long().contiguous()
 
 
-@torch.library.custom_op("csfr::pixel_grad", mutates_args=())
+@torch.library.custom_op("csfr::feature_grad", mutates_args=())
 def pixel_grad(feats: Tensor, labels: Tensor, g: Tensor, ignore_index: int, backend: str,
                mu: Optional[Tensor], coef: Optional[Tensor], a: Optional[Tensor]) -> Tensor:
     """dF_i = a[y_i] * coef_i * (f_i - mu[y_i]) + g[y_i] (the first term only if given)."""

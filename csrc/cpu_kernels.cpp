@@ -1,0 +1,349 @@
+// CPU implementations of the csfr kernels (docs/kernels.md), parallel with OpenMP.
+//
+// Features are [B, D, N] with pixels contiguous. Two access patterns keep every kernel to
+// one streaming read of the features per pass:
+//  - row kernels (segment_sum, pixel_grad, blend): one task per (image, channel) row; the
+//    class-indexed operand is pre-transposed to [D, K] so a row reads one small K-vector;
+//  - tile kernel (cac_pixel_pass): a task owns a tile of pixels of one image, reduces their
+//    distances over all D, then re-reads the same tile (now in cache) to accumulate
+//    coef * f into thread-local [D, K] buffers that are reduced once per image.
+// Nothing of size N x K or N x N is allocated; accumulation is fp32 (fp64 for fp64 inputs).
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+void check_feats_labels(const Tensor& feats, const Tensor& labels, const char* op) {
+  TORCH_CHECK(feats.dim() == 3, op, ": features must be [B, D, N], got ", feats.sizes());
+  TORCH_CHECK(labels.dim() == 2 && labels.size(0) == feats.size(0) && labels.size(1) == feats.size(2),
+              op, ": labels must be [B, N] = [", feats.size(0), ", ", feats.size(2), "], got ",
+              labels.sizes());
+  TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
+  TORCH_CHECK(feats.is_contiguous() && labels.is_contiguous(), op, ": inputs must be contiguous");
+}
+
+at::ScalarType acc_type(const Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Labels as int32 class indices with -1 for ignored pixels; rejects values outside [0, K).
+std::vector<int32_t> compact_labels(const Tensor& labels, int64_t K, int64_t ignore_index) {
+  const int64_t total = labels.numel();
+  const int64_t* src = labels.data_ptr<int64_t>();
+  std::vector<int32_t> out(total);
+  int64_t bad = -1;
+  for (int64_t i = 0; i < total; ++i) {
+    const int64_t y = src[i];
+    if (y == ignore_index) {
+      out[i] = -1;
+    } else if (y < 0 || y >= K) {
+      bad = y;
+      break;
+    } else {
+      out[i] = static_cast<int32_t>(y);
+    }
+  }
+  TORCH_CHECK(bad < 0 || bad == ignore_index, "csfr: label value ", bad, " is outside [0, ", K,
+              ") and is not ignore_index=", ignore_index);
+  return out;
+}
+
+// [B, K, D] (acc dtype) -> contiguous [B, D, K] in acc dtype
+Tensor class_major_to_row_major(const Tensor& t) {
+  return t.transpose(1, 2).contiguous();
+}
+
+std::tuple<Tensor, Tensor> segment_sum_cpu(const Tensor& feats, const Tensor& labels, int64_t K,
+                                           int64_t ignore_index) {
+  check_feats_labels(feats, labels, "segment_sum");
+  TORCH_CHECK(K >= 1, "segment_sum: num_classes must be >= 1, got ", K);
+  const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
+  const auto y = compact_labels(labels, K, ignore_index);
+  Tensor sums = at::zeros({B, K, D}, feats.options().dtype(acc_type(feats)));
+  Tensor counts = at::zeros({B, K}, sums.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feats.scalar_type(), "segment_sum", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* f = feats.data_ptr<scalar_t>();
+    acc_t* s = sums.data_ptr<acc_t>();
+    acc_t* c = counts.data_ptr<acc_t>();
+    at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t i = 0; i < N; ++i)
+          if (y[b * N + i] >= 0) c[b * K + y[b * N + i]] += 1;
+    });
+    // one task per (image, channel) row: each writes its own column sums[b, :, d]
+    at::parallel_for(0, B * D, 1, [&](int64_t r0, int64_t r1) {
+      std::vector<acc_t> acc(K);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / D, d = r % D;
+        const scalar_t* row = f + r * N;
+        const int32_t* yb = y.data() + b * N;
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t i = 0; i < N; ++i)
+          if (yb[i] >= 0) acc[yb[i]] += static_cast<acc_t>(row[i]);
+        for (int64_t k = 0; k < K; ++k) s[(b * K + k) * D + d] = acc[k];
+      }
+    });
+  });
+  return {sums, counts};
+}
+
+// The tile kernel behind cac_pixel_pass (a function of its own: OpenMP pragmas cannot sit
+// inside the dtype-dispatch macro).
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+void cac_pixel_pass_kernel(const Tensor& feats, const std::vector<int32_t>& y, const Tensor& muT,
+                           double delta_v, Tensor& coef, Tensor& hinge, Tensor& wsum, Tensor& wcount) {
+  const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2), K = muT.size(2);
+  const scalar_t* f = feats.data_ptr<scalar_t>();
+  const acc_t* m = muT.data_ptr<acc_t>();
+  acc_t* co = coef.data_ptr<acc_t>();
+  acc_t* hi = hinge.data_ptr<acc_t>();
+  acc_t* ws = wsum.data_ptr<acc_t>();
+  acc_t* wc = wcount.data_ptr<acc_t>();
+  // tile: T pixels x D channels stays in L2 between the distance and the accumulation loops
+  const int64_t T = std::max<int64_t>(16, std::min<int64_t>(256, (64 * 1024) / std::max<int64_t>(D, 1)));
+  const int64_t tiles = (N + T - 1) / T;
+  const acc_t dv = static_cast<acc_t>(delta_v);
+#pragma omp parallel
+  {
+    std::vector<acc_t> lw(D * K), lh(K), lc(K), dist(T);
+    for (int64_t b = 0; b < B; ++b) {
+      std::fill(lw.begin(), lw.end(), acc_t(0));
+      std::fill(lh.begin(), lh.end(), acc_t(0));
+      std::fill(lc.begin(), lc.end(), acc_t(0));
+      const int32_t* yb = y.data() + b * N;
+      const scalar_t* fb = f + b * D * N;
+      const acc_t* mb = m + b * D * K;
+#pragma omp for schedule(static) nowait
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t i0 = t * T, i1 = std::min(N, i0 + T), n = i1 - i0;
+        std::fill(dist.begin(), dist.begin() + n, acc_t(0));
+        for (int64_t d = 0; d < D; ++d) {
+          const scalar_t* row = fb + d * N;
+          const acc_t* md = mb + d * K;
+          for (int64_t i = i0; i < i1; ++i) {
+            if (yb[i] < 0) continue;
+            const acc_t diff = static_cast<acc_t>(row[i]) - md[yb[i]];
+            dist[i - i0] += diff * diff;
+          }
+        }
+        for (int64_t i = i0; i < i1; ++i) {
+          const int32_t k = yb[i];
+          if (k < 0) continue;
+          const acc_t r = std::sqrt(dist[i - i0]);
+          const acc_t h = std::max(r - dv, acc_t(0));
+          const acc_t c = r > 0 ? 2 * h / r : acc_t(0);
+          co[b * N + i] = c;
+          dist[i - i0] = c;  // reuse as the pixel's coefficient
+          lh[k] += h * h;
+          lc[k] += c;
+        }
+        for (int64_t d = 0; d < D; ++d) {
+          const scalar_t* row = fb + d * N;
+          acc_t* lwd = lw.data() + d * K;
+          for (int64_t i = i0; i < i1; ++i)
+            if (yb[i] >= 0) lwd[yb[i]] += dist[i - i0] * static_cast<acc_t>(row[i]);
+        }
+      }
+#pragma omp critical(csfr_cac_pixel_pass)
+      {
+        for (int64_t k = 0; k < K; ++k) {
+          hi[b * K + k] += lh[k];
+          wc[b * K + k] += lc[k];
+        }
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t k = 0; k < K; ++k) ws[(b * K + k) * D + d] += lw[d * K + k];
+      }
+    }
+  }
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> cac_pixel_pass_cpu(const Tensor& feats, const Tensor& labels,
+                                                              const Tensor& mu, double delta_v,
+                                                              int64_t ignore_index) {
+  check_feats_labels(feats, labels, "cac_pixel_pass");
+  const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
+  TORCH_CHECK(mu.dim() == 3 && mu.size(0) == B && mu.size(2) == D, "cac_pixel_pass: mu must be [B, K, D]");
+  TORCH_CHECK(mu.scalar_type() == acc_type(feats), "cac_pixel_pass: mu must be ", acc_type(feats));
+  const int64_t K = mu.size(1);
+  const auto y = compact_labels(labels, K, ignore_index);
+  const Tensor muT = class_major_to_row_major(mu);  // [B, D, K]
+  auto opts = feats.options().dtype(acc_type(feats));
+  Tensor coef = at::zeros({B, N}, opts), hinge = at::zeros({B, K}, opts);
+  Tensor wsum = at::zeros({B, K, D}, opts), wcount = at::zeros({B, K}, opts);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feats.scalar_type(), "cac_pixel_pass", [&] {
+    cac_pixel_pass_kernel<scalar_t>(feats, y, muT, delta_v, coef, hinge, wsum, wcount);
+  });
+  return {coef, hinge, wsum, wcount};
+}
+
+Tensor pixel_grad_cpu(const Tensor& feats, const Tensor& labels, const Tensor& g, int64_t ignore_index,
+                      const std::optional<Tensor>& mu, const std::optional<Tensor>& coef,
+                      const std::optional<Tensor>& a) {
+  check_feats_labels(feats, labels, "pixel_grad");
+  const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
+  TORCH_CHECK(g.dim() == 3 && g.size(0) == B && g.size(2) == D, "pixel_grad: g must be [B, K, D]");
+  TORCH_CHECK(g.scalar_type() == acc_type(feats), "pixel_grad: g must be ", acc_type(feats));
+  const int64_t K = g.size(1);
+  const bool direct = mu.has_value() && coef.has_value() && a.has_value();
+  TORCH_CHECK(direct || (!mu.has_value() && !coef.has_value() && !a.has_value()),
+              "pixel_grad: mu, coef and a must be given together");
+  const auto y = compact_labels(labels, K, ignore_index);
+  const Tensor gT = class_major_to_row_major(g);
+  Tensor muT, ac;  // ac[b, i] = a[b, y_i] * coef[b, i]
+  if (direct) {
+    muT = class_major_to_row_major(*mu);
+    const Tensor safe = labels.clamp(0, K - 1);
+    ac = (a->gather(1, safe) * *coef).masked_fill(labels == ignore_index, 0).contiguous();
+  }
+  Tensor out = at::empty_like(feats);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, feats.scalar_type(), "pixel_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* f = feats.data_ptr<scalar_t>();
+    const acc_t* gt = gT.data_ptr<acc_t>();
+    const acc_t* mt = direct ? muT.data_ptr<acc_t>() : nullptr;
+    const acc_t* acp = direct ? ac.data_ptr<acc_t>() : nullptr;
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, B * D, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / D, d = r % D;
+        const int32_t* yb = y.data() + b * N;
+        const acc_t* gd = gt + (b * D + d) * K;
+        scalar_t* orow = o + r * N;
+        if (direct) {
+          const scalar_t* row = f + r * N;
+          const acc_t* md = mt + (b * D + d) * K;
+          const acc_t* acb = acp + b * N;
+          for (int64_t i = 0; i < N; ++i) {
+            const int32_t k = yb[i];
+            orow[i] = k < 0 ? scalar_t(0)
+                            : static_cast<scalar_t>(gd[k] + acb[i] * (static_cast<acc_t>(row[i]) - md[k]));
+          }
+        } else {
+          for (int64_t i = 0; i < N; ++i) orow[i] = yb[i] < 0 ? scalar_t(0) : static_cast<scalar_t>(gd[yb[i]]);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+enum class GateMode { kFull, kPixel, kChannel };
+
+GateMode check_blend(const Tensor& x, const Tensor& s, const Tensor& g, const char* op) {
+  TORCH_CHECK(x.dim() == 3 && x.sizes() == s.sizes(), op, ": x and s must be [B, C, N] of one shape");
+  TORCH_CHECK(x.scalar_type() == s.scalar_type() && x.scalar_type() == g.scalar_type(), op,
+              ": x, s, g must share a dtype");
+  TORCH_CHECK(x.is_contiguous() && s.is_contiguous() && g.is_contiguous(), op, ": inputs must be contiguous");
+  const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
+  TORCH_CHECK(g.dim() == 3 && g.size(0) == B, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1]");
+  if (g.size(1) == C && g.size(2) == N) return GateMode::kFull;
+  if (g.size(1) == 1 && g.size(2) == N) return GateMode::kPixel;
+  TORCH_CHECK(g.size(1) == C && g.size(2) == 1, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1], got ",
+              g.sizes());
+  return GateMode::kChannel;
+}
+
+template <typename acc_t>
+inline acc_t sigmoid(acc_t v) {
+  return acc_t(1) / (acc_t(1) + std::exp(-v));
+}
+
+// Offset of the gate value for element (row r = b*C + c, pixel i).
+inline int64_t gate_index(GateMode mode, int64_t r, int64_t C, int64_t N, int64_t i) {
+  switch (mode) {
+    case GateMode::kFull: return r * N + i;
+    case GateMode::kPixel: return (r / C) * N + i;
+    default: return r;
+  }
+}
+
+Tensor blend_forward_cpu(const Tensor& x, const Tensor& s, const Tensor& g) {
+  const GateMode mode = check_blend(x, s, g, "blend_forward");
+  const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
+  Tensor z = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blend_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>(), *gp = g.data_ptr<scalar_t>();
+    scalar_t* zp = z.data_ptr<scalar_t>();
+    at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t i = 0; i < N; ++i) {
+          const acc_t xv = xp[r * N + i];
+          const acc_t gate = sigmoid<acc_t>(gp[gate_index(mode, r, C, N, i)]);
+          zp[r * N + i] = static_cast<scalar_t>(xv + gate * (static_cast<acc_t>(sp[r * N + i]) - xv));
+        }
+    });
+  });
+  return z;
+}
+
+std::tuple<Tensor, Tensor, Tensor> blend_backward_cpu(const Tensor& dz, const Tensor& x, const Tensor& s,
+                                                      const Tensor& g) {
+  const GateMode mode = check_blend(x, s, g, "blend_backward");
+  TORCH_CHECK(dz.sizes() == x.sizes() && dz.scalar_type() == x.scalar_type() && dz.is_contiguous(),
+              "blend_backward: grad_z must match x");
+  const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
+  Tensor dx = at::empty_like(x), ds = at::empty_like(s), dg = at::empty_like(g);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blend_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *sp = s.data_ptr<scalar_t>(), *gp = g.data_ptr<scalar_t>();
+    const scalar_t* dzp = dz.data_ptr<scalar_t>();
+    scalar_t *dxp = dx.data_ptr<scalar_t>(), *dsp = ds.data_ptr<scalar_t>(), *dgp = dg.data_ptr<scalar_t>();
+    // one element's three gradients; returns the gate-gradient contribution
+    auto element = [&](int64_t r, int64_t i) -> acc_t {
+      const int64_t e = r * N + i;
+      const acc_t gate = sigmoid<acc_t>(gp[gate_index(mode, r, C, N, i)]);
+      const acc_t grad = dzp[e];
+      dsp[e] = static_cast<scalar_t>(gate * grad);
+      dxp[e] = static_cast<scalar_t>((acc_t(1) - gate) * grad);
+      return (static_cast<acc_t>(sp[e]) - static_cast<acc_t>(xp[e])) * gate * (acc_t(1) - gate) * grad;
+    };
+    if (mode == GateMode::kPixel) {
+      // the gate of pixel i is shared by the C channels: one task per (image, pixel chunk)
+      const int64_t chunk = 1024, chunks = (N + chunk - 1) / chunk;
+      at::parallel_for(0, B * chunks, 1, [&](int64_t t0, int64_t t1) {
+        std::vector<acc_t> acc(chunk);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t b = t / chunks, i0 = (t % chunks) * chunk, i1 = std::min(N, i0 + chunk);
+          std::fill(acc.begin(), acc.end(), acc_t(0));
+          for (int64_t c = 0; c < C; ++c)
+            for (int64_t i = i0; i < i1; ++i) acc[i - i0] += element(b * C + c, i);
+          for (int64_t i = i0; i < i1; ++i) dgp[b * N + i] = static_cast<scalar_t>(acc[i - i0]);
+        }
+      });
+    } else {
+      at::parallel_for(0, B * C, 1, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          acc_t total = 0;
+          for (int64_t i = 0; i < N; ++i) {
+            const acc_t contribution = element(r, i);
+            if (mode == GateMode::kFull) dgp[r * N + i] = static_cast<scalar_t>(contribution);
+            else total += contribution;
+          }
+          if (mode == GateMode::kChannel) dgp[r] = static_cast<scalar_t>(total);
+        }
+      });
+    }
+  });
+  return {dx, ds, dg};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(csfr, CPU, m) {
+  m.impl("segment_sum", &segment_sum_cpu);
+  m.impl("cac_pixel_pass", &cac_pixel_pass_cpu);
+  m.impl("pixel_grad", &pixel_grad_cpu);
+  m.impl("blend_forward", &blend_forward_cpu);
+  m.impl("blend_backward", &blend_backward_cpu);
+}
