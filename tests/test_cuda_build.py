@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 KERNELS = sorted((ROOT / "kernels").glob("*.cu"))
 GLUE = sorted((ROOT / "csrc" / "cuda").glob("*.cpp"))
 ARCHS = ("80", "90")
+_TORCH_NVCC_FLAGS = ("-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                     "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+                     "--expt-relaxed-constexpr")
 
 
 def _nvcc() -> str | None:
@@ -77,8 +80,9 @@ def builds(tmp_path_factory):
     if nvcc:
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]
         for src in KERNELS:
-            cmd = [nvcc, "-std=c++17", "-O3", *gencode, f"-I{ROOT / 'kernels'}", "-c", str(src),
-                   "-o", str(tmp / f"{src.stem}.o")]
+            # setup.py's nvcc flags plus the half/bfloat16 restrictions torch's build adds
+            cmd = [nvcc, "-std=c++17", "-O3", "--use_fast_math", *_TORCH_NVCC_FLAGS, *gencode,
+                   f"-I{ROOT / 'kernels'}", "-c", str(src), "-o", str(tmp / f"{src.stem}.o")]
             jobs[src] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cuda_include, torch_paths = _cuda_include(nvcc), _torch_includes()
     cxx = shutil.which("g++") or shutil.which("c++")
@@ -113,7 +117,8 @@ def test_kernel_compiles_for_sm80_sm90(builds, src):
     assert obj.stat().st_size > 0
     cuobjdump = shutil.which("cuobjdump") or str(Path(_nvcc()).resolve().parent / "cuobjdump")
     if os.access(cuobjdump, os.X_OK):
-        listing = subprocess.run([cuobjdump, "--list-elf", str(obj)], capture_output=True, text=True).stdout
+        listing = subprocess.run([cuobjdump, "--list-elf", str(obj)], capture_output=True, text=True,
+                                 check=True).stdout
         for arch in ARCHS:
             assert f"sm_{arch}" in listing, f"{src.name}: no sm_{arch} code in the object:\n{listing}"
 
