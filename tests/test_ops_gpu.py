@@ -213,8 +213,9 @@ def test_torch_compile(backend):
     eager.backward()
     got = compiled(x_comp, s, labels)
     got.backward()
-    torch.testing.assert_close(got, eager, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(x_comp.grad, x_eager.grad, rtol=1e-5, atol=1e-6)
+    # the gate conv may pick another (TF32) algorithm when compiled: agreement to ~1e-4, not bitwise
+    torch.testing.assert_close(got, eager, rtol=1e-4, atol=1e-5)
+    assert_grad_close(x_comp.grad, x_eager.grad, torch.float32)
 
 
 def test_cuda_backend_rejects_cpu_tensors():
