@@ -3,7 +3,9 @@
 // Label values are validated by the Python operators before they get here (a device-side check would
 // need a host sync); the kernels treat any value outside [0, K) as ignored, so bad labels cannot write
 // out of bounds.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
