@@ -1,0 +1,207 @@
+"""Every fused backend available here against csfr.ops.reference on fresh random inputs."""
+
+import pytest
+import torch
+
+import csfr
+from csfr.ops import reference
+
+FUSED = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.cuda)]
+
+# (B, D, H, W, K): covers D 1..512, 1x1..97x97 and K in {1, 2, 19, 150, 171}
+SHAPES = [
+    (1, 1, 1, 1, 1),
+    (2, 3, 5, 7, 2),
+    (3, 64, 33, 33, 19),
+    (2, 512, 97, 97, 19),
+    (2, 32, 17, 19, 150),
+    (4, 16, 33, 33, 171),
+]
+
+# (rtol, atol) for forward values and for gradients
+TOLERANCES = {
+    torch.float32: ((1e-4, 1e-5), (1e-3, 1e-6)),
+    torch.float16: ((2e-2, 1e-3), (5e-2, 1e-3)),
+    torch.bfloat16: ((5e-2, 1e-2), (1e-1, 1e-2)),
+}
+
+
+def device_of(backend):
+    return "cuda" if backend == "cuda" else "cpu"
+
+
+def make_labels(b, h, w, k, device, case):
+    """Label maps with the situations the operators must survive."""
+    labels = torch.randint(0, k, (b, h, w), device=device)
+    if case == "ignore":
+        labels[torch.rand(b, h, w, device=device) < 0.2] = 255
+        if k > 2:  # at least one class absent everywhere
+            labels[labels == k - 1] = 255
+    elif case == "one_class":
+        labels[0] = k - 1
+    elif case == "all_ignore_image":
+        labels[-1] = 255
+    elif case == "all_ignore_batch":
+        labels.fill_(255)
+    return labels
+
+
+def assert_close(actual, expected, tol):
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=tol[0], atol=tol[1])
+
+
+def run_cac(feats, labels, k, backend, upstream):
+    feats = feats.detach().requires_grad_(True)
+    terms = csfr.ops.cac_terms(feats, labels, k, 0.1, 1.0, backend=backend)
+    (terms * upstream).sum().backward()
+    return terms.detach(), feats.grad
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("case", ["ignore", "one_class", "all_ignore_image", "all_ignore_batch"])
+def test_cac_loss_matches_reference(backend, shape, case):
+    b, d, h, w, k = shape
+    dev = device_of(backend)
+    feats = torch.randn(b, d, h, w, device=dev) * 0.5
+    labels = make_labels(b, h, w, k, dev, case)
+    upstream = torch.rand(2, device=dev) + 0.5
+    terms, grad = run_cac(feats, labels, k, backend, upstream)
+    ref_terms, ref_grad = run_cac(feats, labels, k, "torch", upstream)
+    fwd_tol, grad_tol = TOLERANCES[torch.float32]
+    assert_close(terms, ref_terms, fwd_tol)
+    assert_close(grad, ref_grad, (grad_tol[0], grad_tol[1] + 1e-4 * ref_grad.abs().max().item()))
+    assert torch.isfinite(terms).all() and torch.isfinite(grad).all()
+    if case == "all_ignore_batch":
+        assert terms.abs().sum() == 0 and grad.abs().sum() == 0
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(2, 64, 33, 33, 19), (2, 24, 9, 11, 150)], ids=lambda s: "x".join(map(str, s)))
+def test_all_ops_match_reference_in_each_dtype(backend, dtype, shape):
+    b, d, h, w, k = shape
+    dev = device_of(backend)
+    fwd_tol, grad_tol = TOLERANCES[dtype]
+    feats = (torch.randn(b, d, h, w, device=dev) * 0.5).to(dtype)
+    labels = make_labels(b, h, w, k, dev, "ignore")
+    upstream = torch.rand(2, device=dev) + 0.5
+    terms, grad = run_cac(feats, labels, k, backend, upstream)
+    ref_terms, ref_grad = run_cac(feats, labels, k, "torch", upstream)
+    assert grad.dtype == dtype
+    assert_close(terms, ref_terms, fwd_tol)
+    assert_close(grad, ref_grad, (grad_tol[0], grad_tol[1] * max(1.0, ref_grad.abs().max().item())))
+
+    def centroids(bk):
+        f = feats.detach().requires_grad_(True)
+        mu, n = csfr.ops.class_centroids(f, labels, k, backend=bk)
+        (mu.float() * torch.linspace(-1, 1, d, device=dev)).sum().backward()
+        return mu, n, f.grad
+
+    mu, n, g = centroids(backend)
+    ref_mu, ref_n, ref_g = centroids("torch")
+    assert mu.dtype == dtype and torch.equal(n, ref_n)
+    assert_close(mu, ref_mu, fwd_tol)
+    assert_close(g, ref_g, grad_tol)
+
+
+GATES = {"pixel": (2, 1, 9, 13), "channel": (2, 24, 1, 1), "full": (2, 24, 9, 13), "broadcast": (1, 24, 1, 1),
+         "rank3": (24, 1, 1)}
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("gate", list(GATES))
+def test_gated_blend_matches_reference(backend, dtype, gate):
+    dev = device_of(backend)
+    fwd_tol, grad_tol = TOLERANCES[dtype]
+    x, s = (torch.randn(2, 24, 9, 13, device=dev).to(dtype) for _ in range(2))
+    g = torch.randn(GATES[gate], device=dev).to(dtype)
+    dz = torch.randn(2, 24, 9, 13, device=dev).to(dtype)
+
+    def run(bk):
+        inputs = [t.detach().requires_grad_(True) for t in (x, s, g)]
+        z = csfr.ops.gated_blend(*inputs, backend=bk)
+        z.backward(dz)
+        return z, [t.grad for t in inputs]
+
+    z, grads = run(backend)
+    ref_z, ref_grads = run("torch")
+    assert z.dtype == dtype and z.shape == x.shape
+    assert_close(z, ref_z, fwd_tol)
+    for got, want in zip(grads, ref_grads):
+        assert got.shape == want.shape
+        assert_close(got, want, (grad_tol[0], grad_tol[1] * max(1.0, want.abs().max().item())))
+
+
+def test_cpu_gradcheck_float64():
+    feats = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 4, 3))
+    labels[0, 0] = 255
+    labels[1] = 255 * (labels[1] == 3) + labels[1] * (labels[1] != 3)  # class 3 absent in image 1
+    assert torch.autograd.gradcheck(lambda f: csfr.ops.cac_terms(f, labels, 4, 0.2, 1.0, backend="cpu"), (feats,))
+    assert torch.autograd.gradcheck(
+        lambda f: csfr.ops.class_centroids(f, labels, 4, backend="cpu")[0], (feats,))
+    x, s = (torch.randn(2, 3, 4, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    for shape in [(2, 1, 4, 3), (2, 3, 1, 1), (2, 3, 4, 3)]:
+        g = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda a, b, c: csfr.ops.gated_blend(a, b, c, backend="cpu"), (x, s, g))
+
+
+def test_non_contiguous_and_channels_last_inputs():
+    base = torch.randn(2, 16, 12, 10)
+    labels = torch.randint(0, 5, (2, 10, 12))
+    for feats in (base.transpose(2, 3), base.transpose(2, 3).contiguous(memory_format=torch.channels_last)):
+        assert not feats.is_contiguous()
+        torch.testing.assert_close(csfr.ops.cac_loss(feats, labels.mT.mT, 5, backend="cpu"),
+                                   reference.cac_loss(feats, labels, 5))
+        torch.testing.assert_close(csfr.ops.class_centroids(feats, labels, 5, backend="cpu")[0],
+                                   reference.class_centroids(feats, labels, 5)[0])
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    s, g = torch.randn(2, 8, 6, 6), torch.randn(2, 8, 6, 6)[:, :, ::1, ::1].transpose(2, 3)
+    torch.testing.assert_close(csfr.ops.gated_blend(x, s, g, backend="cpu"), reference.gated_blend(x, s, g))
+
+
+def test_auto_picks_cpu_and_env_forces_backend(monkeypatch):
+    from csfr.ops.dispatch import resolve
+
+    cpu = torch.device("cpu")
+    monkeypatch.delenv("CSFR_BACKEND", raising=False)
+    assert resolve("auto", cpu) == "cpu"
+    monkeypatch.setenv("CSFR_BACKEND", "torch")
+    assert resolve("auto", cpu) == "torch"
+    assert resolve("cpu", cpu) == "cpu"  # an explicit argument wins over the variable
+
+
+def test_backends_reports_every_backend():
+    report = csfr.ops.backends()
+    assert set(report) == {"torch", "cpu", "cuda", "triton"}
+    assert report["torch"] == "available" and report["cpu"] == "available"
+    if not torch.cuda.is_available():
+        assert report["cuda"] != "available" and report["cuda"]  # a reason, not an empty string
+
+
+class _UsesEveryOp(torch.nn.Module):
+    def forward(self, feats, labels, x):
+        loss = csfr.ops.cac_loss(feats, labels, 6, backend="cpu")
+        mu, _ = csfr.ops.class_centroids(feats, labels, 6, backend="cpu")
+        z = csfr.ops.gated_blend(x, feats, feats[:, :1], backend="cpu")
+        return loss + mu.square().mean() + z.square().mean()
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    feats = torch.randn(2, 8, 7, 9)
+    labels = torch.randint(0, 6, (2, 7, 9))
+    labels[0, 0] = 255
+    x = torch.randn(2, 8, 7, 9)
+    module = _UsesEveryOp()
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+
+    def run(fn):
+        f, xx = feats.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        out = fn(f, labels, xx)
+        out.backward()
+        return out, f.grad, xx.grad
+
+    for got, want in zip(run(compiled), run(module)):
+        torch.testing.assert_close(got, want)
