@@ -5,10 +5,17 @@ Each takes backend="auto"|"torch"|"cpu"|"cuda"|"triton" (CSFR_BACKEND overrides 
 """
 
 from csfr.ops import reference
-from csfr.ops.dispatch import BackendUnavailable, backends
 from csfr.ops.blend import gated_blend
 from csfr.ops.cac import cac_loss, cac_terms
 from csfr.ops.centroids import class_centroids
+from csfr.ops.dispatch import BackendUnavailable, backends
 
-__all__ = ["reference", "backends", "BackendUnavailable", "class_centroids", "cac_loss", "cac_terms",
-           "gated_blend"]
+__all__ = [
+           "BackendUnavailable",
+           "backends",
+           "cac_loss",
+           "cac_terms",
+           "class_centroids",
+           "gated_blend",
+           "reference",
+]

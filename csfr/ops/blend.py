@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from csfr.ops import reference
-from csfr.ops.dispatch import kernels, resolve
 from csfr.ops.checks import check_blend
+from csfr.ops.dispatch import kernels, resolve
 
 
 @torch.library.custom_op("csfr::gated_blend_backward", mutates_args=())

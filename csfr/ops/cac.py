@@ -8,13 +8,20 @@ per image) and never touches the features.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from csfr.ops import reference
-from csfr.ops.dispatch import kernels, resolve
 from csfr.ops.centroids import acc_dtype, flatten, pixel_grad
-from csfr.ops.checks import check_features_labels, check_finite_sums, check_label_values
+from csfr.ops.checks import (
+    check_features_labels,
+    check_finite_features,
+    check_finite_sums,
+    check_label_values,
+)
+from csfr.ops.dispatch import kernels, resolve
 
 
 def _pair_distances(mu: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
@@ -63,16 +70,17 @@ def _cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float, 
                ignore_index: int, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     check_label_values(labels, num_classes, ignore_index, "cac_loss")
     k = kernels(backend)
-    sums, counts = k.segment_sum(feats, labels, num_classes, ignore_index)
+    f, y = flatten(feats, labels)
+    sums, counts = k.segment_sum(f, y, num_classes, ignore_index)
     check_finite_sums(sums, "cac_loss")
     mu = (sums / counts.clamp_min(1).unsqueeze(-1)).contiguous()
-    coef, hinge, wsum, wcount = k.cac_pixel_pass(feats, labels, mu, delta_v, ignore_index)
+    coef, hinge, wsum, wcount = k.cac_pixel_pass(f, y, mu, delta_v, ignore_index)
     return _terms(mu, counts, hinge, delta_d), mu, counts, coef, wsum, wcount
 
 
 @_cac_terms.register_fake
 def _(feats, labels, num_classes, delta_v, delta_d, ignore_index, backend):
-    b, d, n = feats.shape
+    b, d, n = feats.shape[0], feats.shape[1], math.prod(feats.shape[2:])
     acc = acc_dtype(feats.dtype)
     return (feats.new_empty(2, dtype=acc), feats.new_empty(b, num_classes, d, dtype=acc),
             feats.new_empty(b, num_classes, dtype=acc), feats.new_empty(b, n, dtype=acc),
@@ -119,10 +127,9 @@ def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 
     if name == "torch":
         if not torch.compiler.is_compiling():
             check_label_values(labels, num_classes, ignore_index, "cac_loss")
-            check_finite_sums(feats.float().sum(1, keepdim=True), "cac_loss")
+            check_finite_features(feats, labels, ignore_index, "cac_loss")
         return reference.cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index)
-    f, y = flatten(feats, labels)
-    return _cac_terms(f, y, num_classes, float(delta_v), float(delta_d), ignore_index, name)[0]
+    return _cac_terms(feats, labels, num_classes, float(delta_v), float(delta_d), ignore_index, name)[0]
 
 
 def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,

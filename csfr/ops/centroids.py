@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
 from csfr.ops import reference
-from csfr.ops.dispatch import kernels, resolve
 from csfr.ops.checks import check_features_labels, check_label_values
+from csfr.ops.dispatch import kernels, resolve
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -25,21 +23,22 @@ def flatten(feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
 
 @torch.library.custom_op("csfr::feature_grad", mutates_args=())
 def pixel_grad(feats: Tensor, labels: Tensor, g: Tensor, ignore_index: int, backend: str,
-               mu: Optional[Tensor], coef: Optional[Tensor], a: Optional[Tensor]) -> Tensor:
+               mu: Tensor | None, coef: Tensor | None, a: Tensor | None) -> Tensor:
     """dF_i = a[y_i] * coef_i * (f_i - mu[y_i]) + g[y_i] (the first term only if given)."""
-    return kernels(backend).pixel_grad(feats, labels, g, ignore_index, mu, coef, a)
+    f, y = flatten(feats, labels)
+    return kernels(backend).pixel_grad(f, y, g, ignore_index, mu, coef, a).reshape(feats.shape)
 
 
 @pixel_grad.register_fake
 def _(feats, labels, g, ignore_index, backend, mu, coef, a):
-    return torch.empty_like(feats)
+    return feats.new_empty(feats.shape)
 
 
 @torch.library.custom_op("csfr::class_centroids", mutates_args=())
 def _centroids(feats: Tensor, labels: Tensor, num_classes: int, ignore_index: int,
                backend: str) -> tuple[Tensor, Tensor]:
     check_label_values(labels, num_classes, ignore_index, "class_centroids")
-    sums, counts = kernels(backend).segment_sum(feats, labels, num_classes, ignore_index)
+    sums, counts = kernels(backend).segment_sum(*flatten(feats, labels), num_classes, ignore_index)
     mu = sums / counts.clamp_min(1).unsqueeze(-1)
     return mu.to(feats.dtype), counts.long()
 
@@ -80,5 +79,4 @@ def class_centroids(feats: Tensor, labels: Tensor, num_classes: int, ignore_inde
         if not torch.compiler.is_compiling():
             check_label_values(labels, num_classes, ignore_index, "class_centroids")
         return reference.class_centroids(feats, labels, num_classes, ignore_index)
-    f, y = flatten(feats, labels)
-    return _centroids(f, y, num_classes, ignore_index, name)
+    return _centroids(feats, labels, num_classes, ignore_index, name)

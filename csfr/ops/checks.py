@@ -44,12 +44,23 @@ def check_label_values(labels: Tensor, num_classes: int, ignore_index: int, op: 
                          f"and is not ignore_index={ignore_index}")
 
 
+def _non_finite(op: str, image: int, cls: int) -> ValueError:
+    return ValueError(f"{op}: features contain NaN or Inf (first in image {image}, in pixels of class {cls})")
+
+
 def check_finite_sums(sums: Tensor, op: str) -> None:
-    """Sums are finite iff every summed feature is; raises instead of returning a NaN loss."""
+    """Class sums [B,K,D] are finite iff every counted feature is: the fused backends' check."""
     if not bool(torch.isfinite(sums).all()):
         bad = (~torch.isfinite(sums)).nonzero()[0]
-        raise ValueError(f"{op}: features contain NaN or Inf (first in image {int(bad[0])}, "
-                         f"in pixels of class {int(bad[1])})")
+        raise _non_finite(op, int(bad[0]), int(bad[1]))
+
+
+def check_finite_features(feats: Tensor, labels: Tensor, ignore_index: int, op: str) -> None:
+    """Every counted pixel's features are finite (ignored pixels may hold anything)."""
+    bad = ~torch.isfinite(feats).all(1) & (labels != ignore_index)
+    if bool(bad.any()):
+        where = tuple(bad.nonzero()[0])
+        raise _non_finite(op, int(where[0]), int(labels[where]))
 
 
 def check_blend(x: Tensor, s: Tensor, g: Tensor) -> None:

@@ -21,15 +21,19 @@ class BackendUnavailable(RuntimeError):
     """Raised when a requested backend cannot run here; the message says why."""
 
 
-@functools.lru_cache(maxsize=None)
+_EXTENSION: list = []  # (module, reason), filled once; a plain global so torch.compile can trace it
+
+
 def _extension():
     """Returns (module, None) if csfr._C imports, else (None, reason)."""
-    try:
-        from csfr import _C
-    except ImportError as exc:
-        return None, (f"the C++ extension csfr._C is not built ({exc}); "
-                      "run `pip install --no-build-isolation .` in the source tree")
-    return _C, None
+    if not _EXTENSION:
+        try:
+            from csfr import _C
+            _EXTENSION.append((_C, None))
+        except ImportError as exc:
+            _EXTENSION.append((None, (f"the C++ extension csfr._C is not built ({exc}); "
+                                     "run `pip install --no-build-isolation .` in the source tree")))
+    return _EXTENSION[0]
 
 
 def _why_not(name: str) -> str | None:
@@ -63,7 +67,7 @@ def backends() -> dict[str, str]:
     return {name: _why_not(name) or "available" for name in NAMES}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernels(name: str) -> SimpleNamespace:
     """The five kernels of backend `name` (cpu, cuda or triton) as plain callables."""
     reason = _why_not(name)

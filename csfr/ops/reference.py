@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["class_centroids", "cac_terms", "cac_loss", "cac_loss_pairwise", "gated_blend"]
+__all__ = ["cac_loss", "cac_loss_pairwise", "cac_terms", "class_centroids", "gated_blend"]
 
 
 def _acc(t: Tensor) -> Tensor:
