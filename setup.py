@@ -56,7 +56,7 @@ def extensions():
     if not cpu_sources:
         _fail("no C++ sources found in csrc/")
     omp_c, omp_l = _openmp_flags()
-    cxx = ["-O3", "-std=c++20", *omp_c]
+    cxx = ["-O3", "-std=c++20", "-fno-trapping-math", *omp_c]  # no FP traps: lets loops vectorise
     if _want_cuda():
         sources = cpu_sources + _rel(glob.glob(os.path.join(HERE, "csrc", "cuda", "*.cpp")))
         sources += _rel(glob.glob(os.path.join(HERE, "kernels", "*.cu")))

@@ -1,7 +1,16 @@
-"""Shared pytest fixtures and the `cuda` marker's skip rule."""
+"""Shared pytest fixtures and the `cuda` marker's skip rule.
+
+Without a GPU, Triton kernels run in Triton's interpreter on CPU tensors. Triton reads
+TRITON_INTERPRET when it is imported, so it is set here, before any test imports it.
+"""
+
+import os
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

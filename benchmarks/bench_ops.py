@@ -1,0 +1,225 @@
+"""Benchmark the csfr operators, forward + backward, against plain PyTorch in the same run.
+
+For each operator and shape: the reference (csfr.ops.reference) in eager mode and under
+torch.compile, an `index_add_` segmented sum for class_centroids, and every fused backend
+available on the device. Reports median time, speed-up over eager and compiled reference,
+achieved bandwidth against the bytes the operator must move (the model is in
+docs/benchmarks.md), its share of the measured copy bandwidth, and peak extra memory.
+The table is written into a section of benchmarks/RESULTS.md named after the machine.
+
+    python benchmarks/bench_ops.py                 # CPU, the issue's two shapes
+    python benchmarks/bench_ops.py --device cuda   # on a GPU: adds cuda and triton
+    python benchmarks/bench_ops.py --quick         # tiny shapes, a smoke test of the script
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+import csfr
+from csfr.ops import reference
+from csfr.profiling import device_description, median_ms, peak_extra_bytes
+
+IGNORE = 255
+DELTA_V, DELTA_D = 0.5, 1.5
+
+# (B, D, H, W, K): the shapes the issues fix; --quick uses tiny ones
+SHAPES = [(8, 512, 97, 97, 19), (16, 512, 64, 64, 150)]
+QUICK_SHAPES = [(2, 16, 9, 11, 5)]
+
+
+@dataclass
+class Case:
+    """One operator at one shape: how to make its inputs and how many bytes it must move."""
+
+    op: str
+    shape: tuple[int, int, int, int, int]
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def label(self) -> str:
+        b, d, h, w, k = self.shape
+        return f"B={b} D={d} {h}x{w} K={k}"
+
+    def inputs(self) -> tuple:
+        b, d, h, w, k = self.shape
+        gen = torch.Generator().manual_seed(0)
+
+        def rand(*size):
+            return torch.randn(*size, generator=gen).to(self.device, self.dtype).requires_grad_(True)
+
+        if self.op == "gated_blend":
+            return rand(b, d, h, w), rand(b, d, h, w), rand(b, d, h, w)
+        labels = torch.randint(0, k, (b, h, w), generator=gen)
+        labels[torch.rand(b, h, w, generator=gen) < 0.1] = IGNORE
+        return rand(b, d, h, w), labels.to(self.device)
+
+    def bytes_moved(self) -> int:
+        """Minimum traffic of forward + backward (docs/benchmarks.md, "Bytes model")."""
+        b, d, h, w, k = self.shape
+        n = h * w
+        feats = b * d * n * torch.finfo(self.dtype).bits // 8
+        labels = b * n * 8
+        if self.op == "class_centroids":  # fwd: read F, y; bwd: read y, write dF
+            return 2 * feats + 2 * labels
+        if self.op == "cac_loss":  # fwd: two passes over F, y; bwd: read F, y, write dF
+            return 4 * feats + 3 * labels
+        return 11 * feats  # fwd: x, s, g -> z; bwd: dz, x, s, g -> dx, ds, dg
+
+
+def centroids_index_add(feats, labels, num_classes, ignore_index=IGNORE):
+    """Segmented mean with index_add_: the idiomatic plain-PyTorch alternative to one-hot."""
+    b, d = feats.shape[:2]
+    rows = feats.reshape(b, d, -1).transpose(1, 2).reshape(-1, d).float()
+    y = labels.reshape(-1)
+    valid = y != ignore_index
+    segment = (torch.arange(b, device=y.device).repeat_interleave(y.numel() // b) * num_classes + y)[valid]
+    sums = rows.new_zeros(b * num_classes, d).index_add_(0, segment, rows[valid])
+    counts = torch.bincount(segment, minlength=b * num_classes)
+    mu = sums / counts.clamp_min(1).unsqueeze(-1)
+    return mu.reshape(b, num_classes, d).to(feats.dtype), counts.reshape(b, num_classes)
+
+
+def reference_fn(op: str, k: int) -> Callable:
+    if op == "class_centroids":
+        return lambda f, y: reference.class_centroids(f, y, k, IGNORE)[0]
+    if op == "cac_loss":
+        return lambda f, y: reference.cac_loss(f, y, k, DELTA_V, DELTA_D, ignore_index=IGNORE)
+    return reference.gated_blend
+
+
+def backend_fn(op: str, k: int, backend: str) -> Callable:
+    if op == "class_centroids":
+        return lambda f, y: csfr.ops.class_centroids(f, y, k, IGNORE, backend=backend)[0]
+    if op == "cac_loss":
+        return lambda f, y: csfr.ops.cac_loss(f, y, k, DELTA_V, DELTA_D, ignore_index=IGNORE, backend=backend)
+    return lambda x, s, g: csfr.ops.gated_blend(x, s, g, backend=backend)
+
+
+def implementations(case: Case, backends: list[str]) -> dict[str, Callable]:
+    k = case.shape[-1]
+    ref = reference_fn(case.op, k)
+    impls = {"eager": ref, "compile": torch.compile(ref, dynamic=False)}
+    if case.op == "class_centroids":
+        impls["index_add_"] = lambda f, y: centroids_index_add(f, y, k)[0]
+    impls.update({name: backend_fn(case.op, k, name) for name in backends})
+    return impls
+
+
+def fwd_bwd(fn: Callable, inputs: tuple) -> Callable[[], None]:
+    """A closure running fn forward and backward with a fixed upstream gradient."""
+    grads = [t for t in inputs if t.requires_grad]
+    out = fn(*inputs)
+    upstream = torch.randn_like(out) if out.dim() else None
+    for t in grads:
+        t.grad = None
+
+    def run():
+        for t in grads:
+            t.grad = None
+        fn(*inputs).backward(upstream)
+
+    return run
+
+
+def copy_bandwidth(numel: int, dtype: torch.dtype, device: torch.device, repeat: int) -> float:
+    """Measured device copy bandwidth in GB/s (bytes read + written)."""
+    src = torch.randn(numel, device=device).to(dtype)
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), device, repeat)
+    return 2 * src.numel() * src.element_size() / ms / 1e6
+
+
+def run_case(case: Case, backends: list[str], repeat: int, copy_gbs: float) -> list[dict]:
+    inputs = case.inputs()
+    rows = []
+    for name, fn in implementations(case, backends).items():
+        run = fwd_bwd(fn, inputs)
+        ms = median_ms(run, case.device, repeat)
+        rows.append({"impl": name, "ms": ms, "gbs": case.bytes_moved() / ms / 1e6,
+                     "mem": peak_extra_bytes(run, case.device)})
+        print(f"  {case.op:16s} {case.label:24s} {name:11s} {ms:9.2f} ms", flush=True)
+    eager = rows[0]["ms"]
+    compiled = rows[1]["ms"]
+    for row in rows:
+        row.update(vs_eager=eager / row["ms"], vs_compile=compiled / row["ms"], copy_share=row["gbs"] / copy_gbs)
+    return rows
+
+
+def markdown(results: list[tuple[Case, list[dict]]], title: str, copy_gbs: float, args) -> str:
+    lines = [f"## {title}", "",
+             f"{datetime.date.today().isoformat()}, torch {torch.__version__}, dtype {args.dtype}, "
+             f"median of {args.repeat} runs of forward + backward; measured copy bandwidth "
+             f"{copy_gbs:.1f} GB/s. Command: `python benchmarks/bench_ops.py {' '.join(sys.argv[1:])}`",
+             "", "| op | shape | impl | median ms | x eager | x compile | GB/s | % of copy | peak extra MB |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for case, rows in results:
+        for row in rows:
+            mem = "n/a" if row["mem"] is None else f"{row['mem'] / 2**20:.1f}"
+            lines.append(f"| {case.op} | {case.label} | {row['impl']} | {row['ms']:.2f} | {row['vs_eager']:.2f} | "
+                         f"{row['vs_compile']:.2f} | {row['gbs']:.1f} | {100 * row['copy_share']:.0f} | {mem} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: str, title: str, section: str) -> None:
+    """Replaces the section `## title` of the results file (or appends it), atomically."""
+    text = open(path).read() if os.path.exists(path) else "# Operator benchmark results\n\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    tmp = path + ".tmp"
+    with open(tmp, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where the tensors live; the fused backends that run there are timed (default cpu)")
+    parser.add_argument("--ops", nargs="+", default=["class_centroids", "cac_loss", "gated_blend"],
+                        choices=["class_centroids", "cac_loss", "gated_blend"], help="operators to time (default all)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="feature dtype (default float32)")
+    parser.add_argument("--repeat", type=int, default=10, help="timed runs per measurement; the median is kept")
+    parser.add_argument("--quick", action="store_true", help="tiny shapes and 2 runs: checks the script works")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"),
+                        help="markdown file whose machine section is (re)written (default benchmarks/RESULTS.md)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit("bench_ops: --device cuda but torch sees no CUDA device")
+    if args.quick:
+        args.repeat = min(args.repeat, 2)
+    dtype = getattr(torch, args.dtype)
+    available = [name for name, state in csfr.ops.backends().items() if state == "available" and name != "torch"]
+    backends = [name for name in available if (name == "cpu") == (device.type == "cpu")]
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    title = device_description(device) + (" (quick)" if args.quick else "")
+    print(f"{title}; fused backends timed: {', '.join(backends) or 'none'}", flush=True)
+    b, d, h, w, _ = max(shapes, key=lambda s: s[0] * s[1] * s[2] * s[3])
+    copy_gbs = copy_bandwidth(b * d * h * w, dtype, device, args.repeat)
+    results = []
+    for op in args.ops:
+        for shape in shapes:
+            case = Case(op, shape, dtype, device)
+            results.append((case, run_case(case, backends, args.repeat, copy_gbs)))
+    section = markdown(results, title, copy_gbs, args)
+    write_section(args.out, title, section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()

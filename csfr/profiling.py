@@ -1,0 +1,94 @@
+"""Timing and peak-memory measurement shared by the benchmarks and the memory tests."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(fn: Callable[[], object], device: torch.device, repeat: int, warmup: int = 2) -> float:
+    """Median wall time of fn() in milliseconds, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _proc_status(key: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+@functools.cache
+def _return_freed_memory_to_os() -> None:
+    """Makes glibc unmap large freed blocks at once. Its default adaptive mmap threshold grows
+    after the first big free, so later buffers reuse memory that is already resident and the
+    peak-RSS measure would miss them."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    libc = ctypes.CDLL(name)
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: fixed, so never adapted upwards
+        libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: torch.device) -> int | None:
+    """Peak memory fn() needs beyond what is allocated before it runs (outputs included).
+
+    CUDA: the caching allocator's peak. CPU: the process's peak resident set, reset through
+    /proc/self/clear_refs (Linux only; None elsewhere). Call fn once before, so lazy
+    initialisation and compilation are not counted.
+    """
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    if not os.path.exists("/proc/self/clear_refs"):
+        return None
+    _return_freed_memory_to_os()
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM to the current resident set
+    except OSError:
+        return None
+    base = _proc_status("VmRSS")
+    fn()
+    return max(0, _proc_status("VmHWM") - base)
+
+
+def device_description(device: torch.device) -> str:
+    """The machine in words: GPU name, or CPU model, core count and torch's thread count."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+    model = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), model)
+    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"

@@ -1,0 +1,61 @@
+"""The Triton kernels against the reference on CPU tensors, under the Triton interpreter.
+
+tests/conftest.py turns the interpreter on when there is no GPU. It runs kernels in numpy, so shapes are small; they still cover tiles that hold
+one class (the register-reduction path), mixed tiles (the per-element atomics), partial tiles,
+ignore labels, absent classes and all-ignore images.
+"""
+
+import pytest
+import torch
+from opcases import GATES, compare_all_ops, compare_gated_blend, make_labels, run_cac
+
+import csfr
+
+pytest.importorskip("triton", reason="triton is not installed (it is a [dev] dependency on Linux x86_64)")
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(),
+                                reason="with a GPU, Triton runs compiled: tests/test_ops_gpu.py covers it")
+
+
+SHAPES = [(1, 1, 1, 1, 1), (2, 3, 5, 7, 2), (2, 20, 9, 7, 19), (3, 17, 6, 11, 150)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("case", ["ignore", "one_class", "all_ignore_image", "all_ignore_batch"])
+def test_cac_loss_and_centroids_fp32(shape, case):
+    compare_all_ops("triton", "cpu", torch.float32, shape, case)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_low_precision(dtype):
+    compare_all_ops("triton", "cpu", dtype, (2, 24, 9, 11, 19))
+
+
+def test_uniform_and_mixed_tiles():
+    """Blocky labels: most 16-pixel tiles hold one class, the boundaries mix two or more."""
+    feats = torch.randn(2, 12, 16, 24)
+    labels = torch.randint(0, 4, (2, 2, 3)).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    labels[0, :, :5] = 255
+    upstream = torch.tensor([0.7, 1.3])
+    terms, grad = run_cac(feats, labels, 4, "triton", upstream)
+    ref_terms, ref_grad = run_cac(feats, labels, 4, "torch", upstream)
+    torch.testing.assert_close(terms, ref_terms)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_float64_gradcheck():
+    feats = torch.randn(2, 3, 4, 3, dtype=torch.float64, requires_grad=True)
+    labels = make_labels(2, 4, 3, 4, "cpu", "ignore")
+    assert torch.autograd.gradcheck(lambda f: csfr.ops.cac_terms(f, labels, 4, 0.2, 1.0, backend="triton"),
+                                     (feats,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("gate", list(GATES))
+def test_gated_blend(dtype, gate):
+    compare_gated_blend("triton", "cpu", dtype, gate)
+
+
+def test_auto_does_not_pick_triton_for_cpu_tensors():
+    from csfr.ops.dispatch import resolve
+
+    assert resolve("auto", torch.device("cpu")) in ("cpu", "torch")
