@@ -19,8 +19,9 @@ import datetime
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
 import torch
 
@@ -65,7 +66,7 @@ class Case:
 
     def bytes_moved(self) -> int:
         """Minimum traffic of forward + backward (docs/benchmarks.md, "Bytes model")."""
-        b, d, h, w, k = self.shape
+        b, d, h, w, _ = self.shape
         n = h * w
         feats = b * d * n * torch.finfo(self.dtype).bits // 8
         labels = b * n * 8
@@ -157,9 +158,9 @@ def run_case(case: Case, backends: list[str], repeat: int, copy_gbs: float) -> l
 
 def markdown(results: list[tuple[Case, list[dict]]], title: str, copy_gbs: float, args) -> str:
     lines = [f"## {title}", "",
-             f"{datetime.date.today().isoformat()}, torch {torch.__version__}, dtype {args.dtype}, "
-             f"median of {args.repeat} runs of forward + backward; measured copy bandwidth "
-             f"{copy_gbs:.1f} GB/s. Command: `python benchmarks/bench_ops.py {' '.join(sys.argv[1:])}`",
+             (f"{datetime.date.today().isoformat()}, torch {torch.__version__}, dtype {args.dtype}, "
+              f"median of {args.repeat} runs of forward + backward; measured copy bandwidth "
+              f"{copy_gbs:.1f} GB/s. Command: `python benchmarks/bench_ops.py {' '.join(sys.argv[1:])}`"),
              "", "| op | shape | impl | median ms | x eager | x compile | GB/s | % of copy | peak extra MB |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for case, rows in results:
@@ -172,8 +173,8 @@ def markdown(results: list[tuple[Case, list[dict]]], title: str, copy_gbs: float
 
 def write_section(path: str, title: str, section: str) -> None:
     """Replaces the section `## title` of the results file (or appends it), atomically."""
-    text = open(path).read() if os.path.exists(path) else "# Operator benchmark results\n\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = Path(path).read_text() if os.path.exists(path) else "# Operator benchmark results\n\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     tmp = path + ".tmp"
     with open(tmp, "w") as out:

@@ -7,4 +7,4 @@ tests check it without a GPU). Block sizes are autotuned per shape on a GPU.
 from csfr.ops.triton.blend import blend_backward, blend_forward
 from csfr.ops.triton.segment import cac_pixel_pass, pixel_grad, segment_sum
 
-__all__ = ["segment_sum", "cac_pixel_pass", "pixel_grad", "blend_forward", "blend_backward"]
+__all__ = ["blend_backward", "blend_forward", "cac_pixel_pass", "pixel_grad", "segment_sum"]

@@ -71,7 +71,7 @@ def segment_sum(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, ign
     sums = feats.new_zeros(b, num_classes, d, dtype=acc)
     counts = feats.new_zeros(b, num_classes, dtype=acc)
     if b * n:
-        grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+        grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]))
         _segment_sum_kernel[grid](feats, labels, sums, counts, d, n, num_classes, ignore_index,
                                   ACC=tl_acc(feats.dtype))
     return sums, counts
@@ -120,7 +120,7 @@ def cac_pixel_pass(feats, labels, mu, delta_v: float, ignore_index: int):
     wsum = feats.new_zeros(b, k, d, dtype=acc)
     wcount = feats.new_zeros(b, k, dtype=acc)
     if b * n:
-        grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]))  # noqa: E731
+        grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]))
         _cac_pixel_pass_kernel[grid](feats, labels, mu, float(delta_v), coef, hinge, wsum, wcount, d, n, k,
                                      ignore_index, ACC=tl_acc(feats.dtype))
     return coef, hinge, wsum, wcount
@@ -154,7 +154,7 @@ def pixel_grad(feats, labels, g, ignore_index: int, mu=None, coef=None, a=None):
     out = torch.empty_like(feats)
     if out.numel():
         direct = mu is not None
-        grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(d, meta["BLOCK_D"]))  # noqa: E731
+        grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(d, meta["BLOCK_D"]))
         _pixel_grad_kernel[grid](feats, labels, g, mu if direct else g, coef if direct else g,
                                  a if direct else g, out, d, n, g.shape[1], ignore_index,
                                  DIRECT=direct, ACC=tl_acc(feats.dtype))
