@@ -1,0 +1,38 @@
+"""What a run records on rank 0: a JSONL log (one line per event) and TensorBoard scalars."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+
+class RunLog:
+    """Appends to `work_dir/log.jsonl` and `work_dir/tensorboard/`; a no-op on other ranks.
+    Resuming at iteration i drops TensorBoard points logged after i by the interrupted run."""
+
+    def __init__(self, work_dir: Path, enabled: bool, start_iteration: int = 0):
+        self.enabled = enabled
+        if enabled:
+            self.jsonl = open(Path(work_dir) / "log.jsonl", "a")  # noqa: SIM115 (open for the run's life)
+            self.board = SummaryWriter(str(Path(work_dir) / "tensorboard"), purge_step=start_iteration or None)
+
+    def write(self, event: str, iteration: int, values: dict, board_prefix: str | None = None) -> None:
+        """One JSONL record, and `values`' numbers as TensorBoard scalars under board_prefix/."""
+        if not self.enabled:
+            return
+        record = {"event": event, "iteration": iteration, "time": round(time.time(), 3), **values}
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if board_prefix is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and value is not None:
+                    self.board.add_scalar(f"{board_prefix}/{key}", value, iteration)
+            self.board.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.board.close()

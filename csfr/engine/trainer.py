@@ -1,0 +1,276 @@
+"""The training loop: SGD + poly, AMP, gradient accumulation, DDP, validation, exact resume.
+
+One iteration = `accum_steps` micro-batches of batch_size / (world_size * accum_steps) images per
+process, then one optimiser step. Checkpoints hold everything the next iteration depends on
+(weights, optimiser, schedule, grad scaler, every rank's RNG states, the iteration; the data
+position follows from it, see csfr.engine.sampling), so a resumed run repeats the uninterrupted
+one exactly on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from csfr import configs
+from csfr.data import collate
+from csfr.engine import checkpoint, distributed
+from csfr.engine.builders import build_datasets, build_model
+from csfr.engine.evaluator import PredictionWriter, evaluate
+from csfr.engine.run_log import RunLog
+from csfr.engine.sampling import EpochItems, ShardedStream
+from csfr.engine.schedule import poly_scheduler
+
+AMP_MODES = ("none", "bfloat16", "float16")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the weights were not updated with it."""
+
+
+class StopRequested(Exception):
+    """Ctrl-C / SIGTERM arrived; a checkpoint of the last finished iteration was saved."""
+
+
+class _StopFlag:
+    """First SIGINT/SIGTERM asks the loop to stop after the current iteration; a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not the main thread: leave the handlers alone
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _check(train: dict, world_size: int) -> int:
+    """The per-process micro-batch size; bad settings raise before any work."""
+    if train["amp"] not in AMP_MODES:
+        raise ValueError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {train['amp']!r}")
+    for key in ("iters", "batch_size", "accum_steps", "log_interval", "ckpt_interval"):
+        if not isinstance(train[key], int) or train[key] < 1:
+            raise ValueError(f"train.{key} must be a positive integer, got {train[key]!r}")
+    share = world_size * train["accum_steps"]
+    if train["batch_size"] % share:
+        raise ValueError(f"train.batch_size {train['batch_size']} is not divisible by world size x accum_steps "
+                         f"= {world_size} x {train['accum_steps']}")
+    return train["batch_size"] // share
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Trains `config` in `work_dir`; `run()` returns the final state and scores."""
+
+    def __init__(self, config: dict, work_dir: str | Path, resume: str | None = None, progress: bool = True):
+        self.cfg, self.work_dir, self.progress = config, Path(work_dir), progress
+        self.train = config["train"]
+        self.ctx = distributed.init(self.train["device"])
+        self.micro_batch = _check(self.train, self.ctx.world_size)
+        self.ckpt_dir = self.work_dir / "checkpoints"
+        self.resume_from = self._resume_path(resume)
+        _seed_everything(self.train["seed"] + self.ctx.rank)
+        self.train_set, self.val_set = build_datasets(config)
+        self.model = build_model(config, self.train_set.num_classes).to(self.ctx.device)
+        if self.ctx.distributed and self.train["sync_bn"]:
+            if self.ctx.device.type == "cuda":
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            elif self.ctx.is_main:
+                print("note: SyncBatchNorm needs CUDA tensors; on the CPU each process keeps its own "
+                      "BatchNorm statistics")
+        self.optimizer = torch.optim.SGD(self.model.param_groups(self.train["lr"], self.train["head_lr_mult"]),
+                                         lr=self.train["lr"], momentum=self.train["momentum"],
+                                         weight_decay=self.train["weight_decay"])
+        self.scheduler = poly_scheduler(self.optimizer, self.train)
+        self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=self.train["amp"] == "float16")
+        self.iteration, self.best = 0, None
+        if self.resume_from is not None:
+            self._restore(checkpoint.load(self.resume_from))
+
+    def _resume_path(self, resume: str | None) -> Path | None:
+        if resume is None:
+            return None
+        if resume == "auto":
+            found = checkpoint.latest(self.ckpt_dir)
+            if found is None:
+                raise FileNotFoundError(f"--resume: no iter_*.pt checkpoint in {self.ckpt_dir}")
+            return found
+        return Path(resume)
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {"iteration": self.iteration, "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "best": self.best, "config": self.cfg,
+                "num_classes": self.train_set.num_classes, "world_size": self.ctx.world_size}
+
+    def _save(self) -> Path:
+        """Checkpoint of the current iteration (every rank must call it: RNG states are gathered)."""
+        rngs = distributed.gather_objects(checkpoint.rng_state())
+        path = self.ckpt_dir / f"iter_{self.iteration:06d}.pt"
+        if self.ctx.is_main:
+            checkpoint.save({**self._state(), "rng": rngs}, path)
+            checkpoint.prune(self.ckpt_dir, self.train["keep_checkpoints"])
+        distributed.barrier()
+        return path
+
+    def _restore(self, state: dict) -> None:
+        checkpoint.load_weights(self.model, state["model"], str(self.resume_from))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.iteration, self.best = state["iteration"], state["best"]
+        rngs = state["rng"]
+        if len(rngs) == self.ctx.world_size:
+            checkpoint.set_rng_state(rngs[self.ctx.rank])
+        elif self.ctx.is_main:
+            print(f"note: checkpoint written by {len(rngs)} processes, resuming with {self.ctx.world_size}: "
+                  "random streams are reseeded, so the run will not repeat the original exactly")
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        per_iteration = self.micro_batch * self.train["accum_steps"]
+        stream = ShardedStream(len(self.train_set), self.train["seed"], self.ctx.rank, self.ctx.world_size,
+                               start=self.iteration * per_iteration)
+        workers = self.cfg["data"]["workers"]
+        return torch.utils.data.DataLoader(
+            EpochItems(self.train_set), batch_size=self.micro_batch, sampler=stream, num_workers=workers,
+            collate_fn=collate, pin_memory=self.ctx.device.type == "cuda", drop_last=True,
+            generator=torch.Generator(), persistent_workers=workers > 0)
+
+    def _autocast(self):
+        amp = self.train["amp"]
+        if amp == "none":
+            return contextlib.nullcontext()
+        return torch.autocast(self.ctx.device.type, dtype=getattr(torch, amp))
+
+    def _step(self, network, batches) -> dict[str, float]:
+        """One optimiser step over the micro-batches; the mean of each named loss."""
+        accum = self.train["accum_steps"]
+        totals: dict[str, torch.Tensor] = {}
+        for micro in range(accum):
+            batch = next(batches)
+            images = batch["image"].to(self.ctx.device, non_blocking=True)
+            labels = batch["label"].to(self.ctx.device, non_blocking=True)
+            last = micro == accum - 1
+            sync = network.no_sync() if isinstance(network, DistributedDataParallel) and not last else \
+                contextlib.nullcontext()
+            with sync:
+                with self._autocast():
+                    losses = network(images, labels)["losses"]
+                loss = sum(losses.values())
+                self.scaler.scale(loss / accum).backward()
+            for name, value in losses.items():
+                totals[name] = totals.get(name, 0) + value.detach().float() / accum
+        values = {name: float(v) for name, v in totals.items()}
+        total = sum(values.values())
+        if distributed.any_rank(not math.isfinite(total), self.ctx.device):
+            raise NonFiniteLoss(
+                f"loss is not finite at iteration {self.iteration + 1} "
+                f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); the weights were not updated. "
+                f"Last good checkpoint: {checkpoint.latest(self.ckpt_dir) or 'none written yet'}. "
+                "Lower train.lr, add warmup (train.warmup_iters), or use train.amp=bfloat16 instead of float16.")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return {**values, "loss": total}
+
+    def validate(self, log: RunLog, final: bool = False) -> dict:
+        limit = self.cfg["eval"]["save_predictions"]
+        writer = None
+        if final and limit and self.ctx.is_main and self.ctx.world_size == 1:
+            writer = PredictionWriter(self.work_dir / "predictions", self.val_set.palette, limit=limit)
+        result = evaluate(self.model, self.val_set, self.ctx, self.cfg["eval"], self.train["amp"], writer,
+                          progress=self.progress)
+        summary = {k: result[k] for k in ("mIoU", "mAcc", "aAcc")}
+        log.write("val", self.iteration, summary, board_prefix="val")
+        if result["mIoU"] is not None and (self.best is None or result["mIoU"] > self.best["mIoU"]):
+            self.best = {**summary, "iteration": self.iteration}
+            if self.ctx.is_main:
+                checkpoint.save({"iteration": self.iteration, "model": self.model.state_dict(),
+                                 "config": self.cfg, "num_classes": self.train_set.num_classes,
+                                 "scores": result}, self.ckpt_dir / "best.pt")
+        if self.ctx.is_main:
+            configs.save({"iteration": self.iteration, **result, "best": self.best}, self.work_dir / "metrics.json")
+        return result
+
+    def run(self) -> dict:
+        """Train to train.iters (validating every val_interval and at the end); returns
+        {"iteration", "scores" (last validation), "best"}."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.ctx.is_main:
+            configs.save(self.cfg, self.work_dir / "config.json")
+        log = RunLog(self.work_dir, self.ctx.is_main, self.iteration)
+        network = self.model
+        if self.ctx.distributed:
+            network = DistributedDataParallel(self.model, device_ids=[self.ctx.device.index]
+                                              if self.ctx.device.type == "cuda" else None)
+        self.model.train()
+        iters, scores = self.train["iters"], None
+        bar = tqdm(total=iters, initial=self.iteration, desc="train", dynamic_ncols=True,
+                   disable=not (self.progress and self.ctx.is_main))
+        running: dict[str, float] = {}
+        try:
+            if self.iteration >= iters:  # resumed a finished run: only score it
+                scores = self.validate(log, final=True)
+            with _StopFlag() as stop:
+                batches = iter(self._loader())
+                while self.iteration < iters:
+                    values = self._step(network, batches)
+                    self.iteration += 1
+                    bar.update(1)
+                    for k, v in values.items():
+                        running[k] = running.get(k, 0.0) + v
+                    if self.iteration % self.train["log_interval"] == 0 or self.iteration == iters:
+                        n = self.train["log_interval"] if self.iteration % self.train["log_interval"] == 0 \
+                            else self.iteration % self.train["log_interval"]
+                        means = {k: v / n for k, v in running.items()}
+                        lr = self.optimizer.param_groups[0]["lr"]
+                        log.write("train", self.iteration, {**means, "lr": lr}, board_prefix="train")
+                        bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
+                        running = {}
+                    if self.iteration % self.train["ckpt_interval"] == 0 or self.iteration == iters:
+                        self._save()
+                    val_every = self.train["val_interval"]
+                    if self.iteration == iters or (val_every and self.iteration % val_every == 0):
+                        scores = self.validate(log, final=self.iteration == iters)
+                        if self.ctx.is_main:
+                            bar.write(f"iteration {self.iteration}: mIoU {scores['mIoU']}")
+                    if distributed.any_rank(stop.requested, self.ctx.device) if self.ctx.distributed \
+                            else stop.requested:
+                        raise StopRequested
+        except StopRequested:
+            path = self._save()
+            raise StopRequested(f"stopped at iteration {self.iteration}; checkpoint {path}; "
+                                "continue with --resume auto") from None
+        finally:
+            bar.close()
+            log.close()
+        return {"iteration": self.iteration, "scores": scores, "best": self.best}

@@ -1,0 +1,71 @@
+"""Confusion matrix and scores against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from csfr.engine.metrics import confusion_matrix, scores, table
+
+
+def test_confusion_matrix_and_scores_by_hand():
+    label = torch.tensor([[0, 0, 1], [2, 255, 1]])
+    pred = torch.tensor([[0, 1, 1], [2, 0, 0]])
+    cm = confusion_matrix(pred, label, 3)
+    assert cm.tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 1]]  # rows truth, columns prediction
+    result = scores(cm, ("a", "b", "c"))
+    assert result["per_class"]["a"]["IoU"] == pytest.approx(100 / 3, abs=1e-3)  # 1 / (2 + 2 - 1)
+    assert result["per_class"]["c"]["IoU"] == pytest.approx(100.0)
+    assert result["mIoU"] == pytest.approx(100 * 5 / 9, abs=1e-3)
+    assert result["mAcc"] == pytest.approx(100 * 2 / 3, abs=1e-3)
+    assert result["aAcc"] == pytest.approx(60.0)
+    assert result["pixels"] == 5
+
+
+def test_class_absent_from_truth_and_prediction_is_left_out_of_the_means():
+    cm = np.array([[3, 1, 0], [0, 4, 0], [0, 0, 0]])
+    result = scores(cm, ("a", "b", "c"))
+    assert result["per_class"]["c"]["IoU"] is None
+    assert result["mIoU"] == pytest.approx(100 * (3 / 4 + 4 / 5) / 2, abs=1e-3)
+
+
+def test_class_only_predicted_counts_as_zero_iou():
+    cm = np.array([[2, 2], [0, 0]])
+    result = scores(cm, ("a", "b"))
+    assert result["per_class"]["b"]["IoU"] == 0.0
+    assert result["per_class"]["b"]["Acc"] is None
+    assert result["mIoU"] == pytest.approx(25.0)
+
+
+def test_empty_matrix_gives_no_scores():
+    result = scores(np.zeros((2, 2)), ("a", "b"))
+    assert result["mIoU"] is None and result["aAcc"] is None
+    assert "nan" in table(result)
+
+
+def test_matrix_matches_a_per_pixel_count_on_random_maps():
+    gen = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 5, (2, 17, 13), generator=gen)
+    label[torch.rand(2, 17, 13, generator=gen) < 0.2] = 255
+    pred = torch.randint(0, 5, (2, 17, 13), generator=gen)
+    cm = confusion_matrix(pred, label, 5)
+    expected = np.zeros((5, 5), np.int64)
+    for t, p in zip(label.flatten().tolist(), pred.flatten().tolist()):
+        if t != 255:
+            expected[t, p] += 1
+    assert (cm.numpy() == expected).all()
+    assert math.isclose(scores(cm, list("abcde"))["aAcc"], 100 * np.trace(expected) / expected.sum(), abs_tol=1e-3)
+
+
+def test_bad_label_value_and_shape_are_named():
+    with pytest.raises(ValueError, match="label value 7"):
+        confusion_matrix(torch.zeros(2, 2, dtype=torch.long), torch.full((2, 2), 7), 3)
+    with pytest.raises(ValueError, match="differ in shape"):
+        confusion_matrix(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long), 3)
+
+
+def test_table_lists_every_class_and_the_means():
+    text = table(scores(np.eye(3) * 5, ("road", "sky", "car")))
+    assert all(name in text for name in ("road", "sky", "car", "mIoU", "mAcc", "aAcc"))
+    assert "100.00" in text
