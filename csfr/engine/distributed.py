@@ -77,6 +77,14 @@ def gather_objects(obj) -> list:
     return out
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm statistics), so all ranks hold the model that
+    rank 0 checkpoints; without SyncBatchNorm each rank's statistics drift apart."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

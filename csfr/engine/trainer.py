@@ -28,6 +28,7 @@ from csfr.engine.evaluator import PredictionWriter, evaluate
 from csfr.engine.run_log import RunLog
 from csfr.engine.sampling import EpochItems, ShardedStream
 from csfr.engine.schedule import poly_scheduler
+from csfr.ops.checks import NonFiniteFeatures
 
 AMP_MODES = ("none", "bfloat16", "float16")
 
@@ -171,9 +172,10 @@ class Trainer:
         return torch.autocast(self.ctx.device.type, dtype=getattr(torch, amp))
 
     def _step(self, network, batches) -> dict[str, float]:
-        """One optimiser step over the micro-batches; the mean of each named loss."""
+        """One optimiser step over the micro-batches; the mean of each named loss. A non-finite
+        loss on any rank stops every rank before its backward pass."""
         accum = self.train["accum_steps"]
-        totals: dict[str, torch.Tensor] = {}
+        totals: dict[str, float] = {}
         for micro in range(accum):
             batch = next(batches)
             images = batch["image"].to(self.ctx.device, non_blocking=True)
@@ -182,27 +184,33 @@ class Trainer:
             sync = network.no_sync() if isinstance(network, DistributedDataParallel) and not last else \
                 contextlib.nullcontext()
             with sync:
-                with self._autocast():
-                    losses = network(images, labels)["losses"]
-                loss = sum(losses.values())
+                try:
+                    with self._autocast():
+                        losses = network(images, labels)["losses"]
+                    loss = sum(losses.values())
+                    values = {name: float(v.detach()) for name, v in losses.items()}
+                    problem = None if math.isfinite(float(loss.detach())) else \
+                        ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+                except NonFiniteFeatures as e:
+                    problem = str(e)
+                if distributed.any_rank(problem is not None, self.ctx.device) if self.ctx.distributed \
+                        else problem is not None:
+                    raise NonFiniteLoss(
+                        f"loss is not finite at iteration {self.iteration + 1} ({problem or 'on another rank'}); "
+                        f"the weights were not updated. Last good checkpoint: "
+                        f"{checkpoint.latest(self.ckpt_dir) or 'none written yet'}. Lower train.lr, add warmup "
+                        "(train.warmup_iters), or use train.amp=bfloat16 instead of float16.")
                 self.scaler.scale(loss / accum).backward()
-            for name, value in losses.items():
-                totals[name] = totals.get(name, 0) + value.detach().float() / accum
-        values = {name: float(v) for name, v in totals.items()}
-        total = sum(values.values())
-        if distributed.any_rank(not math.isfinite(total), self.ctx.device):
-            raise NonFiniteLoss(
-                f"loss is not finite at iteration {self.iteration + 1} "
-                f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); the weights were not updated. "
-                f"Last good checkpoint: {checkpoint.latest(self.ckpt_dir) or 'none written yet'}. "
-                "Lower train.lr, add warmup (train.warmup_iters), or use train.amp=bfloat16 instead of float16.")
+            for name, value in values.items():
+                totals[name] = totals.get(name, 0.0) + value / accum
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        return {**values, "loss": total}
+        return {**totals, "loss": sum(totals.values())}
 
     def validate(self, log: RunLog, final: bool = False) -> dict:
+        distributed.broadcast_buffers(self.model)
         limit = self.cfg["eval"]["save_predictions"]
         writer = None
         if final and limit and self.ctx.is_main and self.ctx.world_size == 1:

@@ -44,8 +44,12 @@ def check_label_values(labels: Tensor, num_classes: int, ignore_index: int, op: 
                          f"and is not ignore_index={ignore_index}")
 
 
-def _non_finite(op: str, image: int, cls: int) -> ValueError:
-    return ValueError(f"{op}: features contain NaN or Inf (first in image {image}, in pixels of class {cls})")
+class NonFiniteFeatures(ValueError):
+    """Features reaching an operator hold NaN or Inf (a diverged network, or bad input)."""
+
+
+def _non_finite(op: str, image: int, cls: int) -> NonFiniteFeatures:
+    return NonFiniteFeatures(f"{op}: features contain NaN or Inf (first in image {image}, in pixels of class {cls})")
 
 
 def check_finite_sums(sums: Tensor, op: str) -> None:
