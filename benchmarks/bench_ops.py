@@ -171,9 +171,10 @@ def markdown(results: list[tuple[Case, list[dict]]], title: str, copy_gbs: float
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: str, title: str, section: str) -> None:
-    """Replaces the section `## title` of the results file (or appends it), atomically."""
-    text = Path(path).read_text() if os.path.exists(path) else "# Operator benchmark results\n\n"
+def write_section(path: str, title: str, section: str, heading: str = "# Operator benchmark results") -> None:
+    """Replaces the section `## title` of the results file (or appends it), atomically; a new file
+    starts with `heading`."""
+    text = Path(path).read_text() if os.path.exists(path) else heading + "\n\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     tmp = path + ".tmp"

@@ -38,3 +38,48 @@ def test_bytes_model():
     assert case.bytes_moved() == 4 * (2 * 8 * 16 * 4) + 3 * (2 * 16 * 8)
     case = bench.Case("gated_blend", (2, 8, 4, 4, 3), torch.bfloat16, torch.device("cpu"))
     assert case.bytes_moved() == 11 * 2 * 8 * 16 * 2
+
+
+def test_bench_train_compares_csfr_with_its_baseline(tmp_path):
+    from runs import TINY
+
+    bench = load("bench_train")
+    assert bench.baseline_name("csfr_r50_d8") == "fcn_r50_d8"
+    assert bench.baseline_name("csfr_pspnet_r101_d16") == "pspnet_r101_d16"
+    out = tmp_path / "TRAIN.md"
+    sets = [arg for item in TINY + ["train.iters=2"] for arg in ("--set", item)]
+    bench.main([*sets, "--work-dir", str(tmp_path / "runs"), "--repeat", "2", "--out", str(out)])
+    text = out.read_text()
+    assert text.startswith("# Training proxy results")
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| csfr_r50_d8")
+            or line.startswith("| fcn_r50_d8")]
+    assert len(rows) == 2 and all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+    assert (tmp_path / "runs" / "csfr" / "checkpoints").is_dir() and (tmp_path / "runs" / "baseline").is_dir()
+
+
+def test_separability_of_perfectly_separated_features():
+    import torch
+
+    bench = load("bench_train")
+
+    class OneHot(torch.nn.Module):
+        """Features = a scaled one-hot of the true class: zero spread, so a huge ratio."""
+
+        def features(self, images):
+            return images[:, :2]
+
+    class Scenes:
+        num_classes, ignore_index = 2, 255
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            label = torch.zeros(8, 8, dtype=torch.long)
+            label[:, 4:] = 1
+            image = torch.stack([(label == 0).float(), (label == 1).float(), torch.zeros(8, 8)]).numpy()
+            return {"image": image, "label": label.numpy(), "meta": {}}
+
+    model = OneHot()
+    model.eval = lambda: model
+    assert bench.separability(model, Scenes(), torch.device("cpu")) > 1e3

@@ -1,0 +1,137 @@
+"""Measured proxy for the paper's claim, on the synthetic scenes: CSFR vs its FCN baseline.
+
+Both models are trained from the same preset with the same seed and number of iterations
+(the baseline is the same network without CSFLM, CAC loss and AAM), then compared on:
+
+- mIoU on the validation scenes;
+- separability of the features the classifier sees: the mean distance between class
+  centroids divided by the mean intra-class spread (root mean squared distance to the own
+  centroid), over all validation pixels;
+- training-step time (forward + backward + SGD step on one batch), the cost of CAC + AAM.
+
+Whichever wins is reported. The results go to a section of benchmarks/TRAIN_RESULTS.md named
+after the machine.
+
+    python benchmarks/bench_train.py                       # the synthetic preset as it is
+    python benchmarks/bench_train.py --set train.iters=300 # shorter
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from csfr import configs
+from csfr.data import collate
+from csfr.engine.builders import build_datasets, build_model
+from csfr.engine.distributed import pick_device
+from csfr.engine.trainer import Trainer
+from csfr.profiling import device_description, median_ms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ops import write_section  # noqa: E402  (benchmarks/ is a folder of scripts)
+
+
+def baseline_name(name: str) -> str:
+    """csfr_r50_d8 -> fcn_r50_d8, csfr_pspnet_r50_d8 -> pspnet_r50_d8."""
+    rest = name.removeprefix("csfr_")
+    return rest if rest.split("_")[0] in ("deeplabv3", "pspnet") else f"fcn_{rest}"
+
+
+@torch.no_grad()
+def separability(model, dataset, device) -> float:
+    """Mean inter-centroid distance / mean intra-class RMS spread of model.features over `dataset`."""
+    model.eval()
+    k = dataset.num_classes
+    sums = counts = squares = None
+    for i in range(len(dataset)):
+        item = collate([dataset[i]])
+        feats = model.features(item["image"].to(device)).float()
+        labels = F.interpolate(item["label"][:, None].float(), feats.shape[-2:], mode="nearest").long().flatten()
+        rows = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu()
+        keep = labels != dataset.ignore_index
+        rows, labels = rows[keep], labels[keep]
+        if sums is None:
+            sums, counts, squares = torch.zeros(k, rows.shape[1]), torch.zeros(k), torch.zeros(k)
+        sums.index_add_(0, labels, rows)
+        counts.index_add_(0, labels, torch.ones(len(labels)))
+        squares.index_add_(0, labels, (rows * rows).sum(1))
+    present = counts > 0
+    mu = sums[present] / counts[present, None]
+    spread = (squares[present] / counts[present] - (mu * mu).sum(1)).clamp_min(0).sqrt()
+    distances = torch.cdist(mu, mu)
+    n = len(mu)
+    inter = distances.sum() / (n * (n - 1))
+    return float(inter / spread.mean())
+
+
+def step_ms(config: dict, device: torch.device, repeat: int) -> float:
+    """Median time of one training step on one batch of the preset's size."""
+    train_set, _ = build_datasets(config)
+    torch.manual_seed(0)
+    model = build_model(config, train_set.num_classes).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    batch = collate([train_set[i] for i in range(config["train"]["batch_size"])])
+    images, labels = batch["image"].to(device), batch["label"].to(device)
+
+    def step():
+        loss = sum(model(images, labels)["losses"].values())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return median_ms(step, device, repeat, warmup=3)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="synthetic", help="preset to train (default synthetic)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, as for python -m csfr.train (repeatable)")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/bench_train"),
+                   help="where the two runs are trained (subfolders csfr/ and baseline/)")
+    p.add_argument("--repeat", type=int, default=20, help="timed training steps per model (median kept)")
+    p.add_argument("--out", default=str(Path(__file__).with_name("TRAIN_RESULTS.md")),
+                   help="markdown file whose machine section is (re)written")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    csfr_config = configs.resolve(args.config, args.overrides)
+    if not csfr_config["model"]["name"].startswith("csfr_"):
+        raise SystemExit(f"--config must describe a CSFR model, got {csfr_config['model']['name']}")
+    base_config = configs.resolve(args.config, [*args.overrides,
+                                                f"model.name={baseline_name(csfr_config['model']['name'])}"])
+    device = pick_device(csfr_config["train"]["device"])
+    rows = []
+    for label, config in (("CSFR", csfr_config), ("baseline", base_config)):
+        trainer = Trainer(config, args.work_dir / label.lower(), progress=True)
+        result = trainer.run()
+        rows.append({"model": config["model"]["name"], "label": label, "mIoU": result["scores"]["mIoU"],
+                     "sep": separability(trainer.model, trainer.val_set, device),
+                     "ms": step_ms(config, device, args.repeat)})
+        print(f"{label}: mIoU {rows[-1]['mIoU']}, separability {rows[-1]['sep']:.3f}, step {rows[-1]['ms']:.1f} ms")
+    csfr_row, base_row = rows
+    title = device_description(device)
+    train = csfr_config["train"]
+    lines = [f"## {title}", "",
+             (f"{datetime.date.today().isoformat()}, torch {torch.__version__}; preset `{args.config}` "
+              f"{' '.join('--set ' + o for o in args.overrides)}: {train['iters']} iterations, batch "
+              f"{train['batch_size']}, seed {train['seed']}, same for both. Command: "
+              f"`python benchmarks/bench_train.py {' '.join(sys.argv[1:])}`"),
+             "", "| model | mIoU | separability (inter / intra) | train step ms |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['mIoU']:.2f} | {r['sep']:.3f} | {r['ms']:.1f} |" for r in rows]
+    lines += ["", f"CSFR - baseline: {csfr_row['mIoU'] - base_row['mIoU']:+.2f} mIoU, separability x"
+                  f"{csfr_row['sep'] / base_row['sep']:.2f}, step time x{csfr_row['ms'] / base_row['ms']:.2f}."]
+    write_section(args.out, title, "\n".join(lines) + "\n", heading="# Training proxy results (CSFR vs baseline)")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
