@@ -23,6 +23,7 @@ test: install
 
 demo: install
 	$(PYTHON) -m csfr.train --work-dir $(WORK_DIR)
+	$(PYTHON) -m csfr.evaluate --checkpoint $(WORK_DIR)/checkpoints/best.pt --flip --out $(WORK_DIR)/eval
 
 bench: install
 	$(PYTHON) benchmarks/bench_ops.py

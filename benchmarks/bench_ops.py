@@ -124,10 +124,10 @@ def fwd_bwd(fn: Callable, inputs: tuple) -> Callable[[], None]:
     for t in grads:
         t.grad = None
 
-    def run():
+    def run():  # gradients are dropped at the end, so each call starts without them (peak memory)
+        fn(*inputs).backward(upstream)
         for t in grads:
             t.grad = None
-        fn(*inputs).backward(upstream)
 
     return run
 

@@ -77,7 +77,8 @@ def evaluate(model: nn.Module, dataset: SegmentationDataset, ctx: distributed.Co
     model.eval()
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=1,
-                                         num_workers=workers, collate_fn=collate)
+                                         num_workers=workers, collate_fn=collate,
+                                         generator=torch.Generator())  # leaves the global RNG (dropout) alone
     k = dataset.num_classes
     cm = torch.zeros(k, k, dtype=torch.int64, device=ctx.device)
     autocast = (torch.autocast(ctx.device.type, dtype=getattr(torch, amp)) if amp != "none"
