@@ -1,0 +1,103 @@
+"""Bad data on disk raises a clear error naming the path, when the dataset is built or the item read."""
+
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from csfr.data import DatasetCountWarning, build_dataset
+
+
+def ade(tmp_path, n=2, size=(8, 9), label_values=None):
+    """A tiny ADEChallengeData2016 training split; returns (root, image paths, label paths)."""
+    base = tmp_path / "ADEChallengeData2016"
+    images, labels = [], []
+    for folder in ("training", "validation"):
+        (base / "images" / folder).mkdir(parents=True)
+        (base / "annotations" / folder).mkdir(parents=True)
+    for i in range(n):
+        image = base / "images" / "training" / f"ADE_train_{i:08d}.jpg"
+        label = base / "annotations" / "training" / f"ADE_train_{i:08d}.png"
+        Image.fromarray(np.zeros((*size, 3), np.uint8)).save(image)
+        values = np.ones(size, np.uint8) if label_values is None else label_values
+        Image.fromarray(values).save(label)
+        images.append(image)
+        labels.append(label)
+    return tmp_path, images, labels
+
+
+def build(root, split="train"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetCountWarning)
+        return build_dataset("ade20k", root, split)
+
+
+def test_missing_root_names_the_path_and_the_layout(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*expected layout:\n.*ADEChallengeData2016"):
+        build(tmp_path / "nowhere")
+
+
+def test_missing_split_folder_is_named(tmp_path):
+    root, _, _ = ade(tmp_path)
+    (root / "ADEChallengeData2016" / "annotations" / "validation").rmdir()
+    with pytest.raises(FileNotFoundError, match=r"annotations/validation not found; expected layout"):
+        build(root, "val")
+
+
+def test_image_without_label_and_label_without_image_name_both_files(tmp_path):
+    root, images, labels = ade(tmp_path, n=3)
+    labels[0].unlink()
+    images[1].unlink()
+    with pytest.raises(ValueError) as err:
+        build(root)
+    text = str(err.value)
+    assert f"image {images[0]} has no label" in text and "ADE_train_00000000.png" in text
+    assert f"label {labels[1]} has no image" in text and "ADE_train_00000001.jpg" in text
+
+
+def test_size_mismatch_names_both_files(tmp_path):
+    root, images, labels = ade(tmp_path)
+    Image.fromarray(np.ones((5, 5), np.uint8)).save(labels[1])
+    ds = build(root)
+    ds[0]
+    with pytest.raises(ValueError, match=rf"size mismatch: image {images[1]} is 9x8 but label {labels[1]} is 5x5"):
+        ds[1]
+
+
+def test_truncated_file_is_named(tmp_path):
+    root, images, _ = ade(tmp_path)
+    data = images[1].read_bytes()
+    images[1].write_bytes(data[: len(data) // 3])
+    ds = build(root)
+    with pytest.raises(ValueError, match=rf"cannot read image file {images[1]} \(unreadable or truncated\)"):
+        ds[1]
+
+
+def test_unknown_raw_label_value_is_named_with_the_file(tmp_path):
+    values = np.ones((8, 9), np.uint8)
+    values[3, 4] = 200  # ADE20K raw ids stop at 150
+    root, _, labels = ade(tmp_path, label_values=values)
+    with pytest.raises(ValueError, match=rf"label file {labels[0]}: value 200 is not a known label id"):
+        build(root)[0]
+
+
+def test_rgb_label_file_is_refused(tmp_path):
+    root, _, labels = ade(tmp_path)
+    Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(labels[0])
+    with pytest.raises(ValueError, match=rf"label file {labels[0]} has mode RGB"):
+        build(root)[0]
+
+
+def test_count_mismatch_is_a_warning_naming_both_numbers(tmp_path):
+    root, _, _ = ade(tmp_path)
+    with pytest.warns(DatasetCountWarning, match="found 2 images, the standard split has 20210"):
+        build_dataset("ade20k", root, "train")
+
+
+def test_unknown_dataset_and_split_list_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match="valid names: ade20k, cityscapes"):
+        build_dataset("ade21k", tmp_path, "train")
+    root, _, _ = ade(tmp_path)
+    with pytest.raises(ValueError, match="valid splits: train, val"):
+        build_dataset("ade20k", root, "training")
