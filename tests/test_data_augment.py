@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from csfr.data import SyntheticScenes, collate, test_pipeline, train_pipeline
-from csfr.data.transforms import MEAN, STD, pad, photometric_distortion, random_crop, random_flip, random_rescale
+from csfr.data.transforms import (
+    MEAN,
+    STD,
+    pad,
+    photometric_distortion,
+    random_crop,
+    random_flip,
+    random_rescale,
+)
 
 
 def painted(h=60, w=80):
