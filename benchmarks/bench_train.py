@@ -34,7 +34,7 @@ from csfr.engine.trainer import Trainer
 from csfr.profiling import device_description, median_ms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ops import write_section  # noqa: E402  (benchmarks/ is a folder of scripts)
+from bench_ops import write_section  # benchmarks/ is a folder of scripts, not a package
 
 
 def baseline_name(name: str) -> str:
@@ -129,8 +129,8 @@ def main(argv=None) -> None:
               f"`python benchmarks/bench_train.py {' '.join(sys.argv[1:])}`"),
              "", "| model | mIoU | separability (inter / intra) | train step ms |", "|---|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['mIoU']:.2f} | {r['sep']:.3f} | {r['ms']:.1f} |" for r in rows]
-    lines += ["", f"CSFR - baseline: {csfr_row['mIoU'] - base_row['mIoU']:+.2f} mIoU, separability x"
-                  f"{csfr_row['sep'] / base_row['sep']:.2f}, step time x{csfr_row['ms'] / base_row['ms']:.2f}."]
+    lines += ["", (f"CSFR - baseline: {csfr_row['mIoU'] - base_row['mIoU']:+.2f} mIoU, separability x"
+                   f"{csfr_row['sep'] / base_row['sep']:.2f}, step time x{csfr_row['ms'] / base_row['ms']:.2f}.")]
     write_section(args.out, title, "\n".join(lines) + "\n", heading="# Training proxy results (CSFR vs baseline)")
     print("\n".join(lines))
 

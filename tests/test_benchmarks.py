@@ -51,8 +51,7 @@ def test_bench_train_compares_csfr_with_its_baseline(tmp_path):
     bench.main([*sets, "--work-dir", str(tmp_path / "runs"), "--repeat", "2", "--out", str(out)])
     text = out.read_text()
     assert text.startswith("# Training proxy results")
-    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| csfr_r50_d8")
-            or line.startswith("| fcn_r50_d8")]
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith(("| csfr_r50_d8", "| fcn_r50_d8"))]
     assert len(rows) == 2 and all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
     assert (tmp_path / "runs" / "csfr" / "checkpoints").is_dir() and (tmp_path / "runs" / "baseline").is_dir()
 

@@ -20,6 +20,16 @@ _TILE_CONFIGS = configs([{"BLOCK_N": n, "BLOCK_D": d} for n in (32, 64, 128) for
 
 
 @triton.jit
+def _pixel_tile(labels_ptr, N, ignore_index, BLOCK_N: tl.constexpr):
+    """This program's image b (int64: offsets may pass 2**31 on large batches), its pixel indices,
+    their labels and which of them count."""
+    b = tl.program_id(0).to(tl.int64)
+    pix = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    y = tl.load(labels_ptr + b * N + pix, mask=pix < N, other=ignore_index)
+    return b, pix, y, (pix < N) & (y != ignore_index)
+
+
+@triton.jit
 def _tile_class(y, valid):
     """The tile's class if every valid pixel shares one (else -1), so it can reduce in registers."""
     lo = tl.min(tl.where(valid, y, 2147483647), 0)
@@ -51,10 +61,7 @@ def _add_rows_by_class(dst_ptr, base, ch, D, y, valid, uniform, values, ACC: tl.
 @triton.jit
 def _segment_sum_kernel(feats_ptr, labels_ptr, sums_ptr, counts_ptr, D, N, K, ignore_index,
                         ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)  # offsets may pass 2**31 on large batches
-    pix = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    y = tl.load(labels_ptr + b * N + pix, mask=pix < N, other=ignore_index)
-    valid = (pix < N) & (y != ignore_index)
+    b, pix, y, valid = _pixel_tile(labels_ptr, N, ignore_index, BLOCK_N)
     uniform = _tile_class(y, valid)
     y = tl.where(valid, y, 0)
     _add_by_class(counts_ptr, b * K, y, valid, uniform, tl.where(valid, 1.0, 0.0), ACC)
@@ -82,10 +89,7 @@ def segment_sum(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, ign
 @triton.jit
 def _cac_pixel_pass_kernel(feats_ptr, labels_ptr, mu_ptr, delta_v, coef_ptr, hinge_ptr, wsum_ptr, wcount_ptr,
                            D, N, K, ignore_index, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)  # offsets may pass 2**31 on large batches
-    pix = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    y = tl.load(labels_ptr + b * N + pix, mask=pix < N, other=ignore_index)
-    valid = (pix < N) & (y != ignore_index)
+    b, pix, y, valid = _pixel_tile(labels_ptr, N, ignore_index, BLOCK_N)
     uniform = _tile_class(y, valid)
     y = tl.where(valid, y, 0)
     mu_row = (b * K + y) * D
@@ -130,11 +134,8 @@ def cac_pixel_pass(feats, labels, mu, delta_v: float, ignore_index: int):
 @triton.jit
 def _pixel_grad_kernel(feats_ptr, labels_ptr, g_ptr, mu_ptr, coef_ptr, a_ptr, out_ptr, D, N, K, ignore_index,
                        DIRECT: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)  # offsets may pass 2**31 on large batches
-    pix = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    b, pix, y, valid = _pixel_tile(labels_ptr, N, ignore_index, BLOCK_N)
     ch = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    y = tl.load(labels_ptr + b * N + pix, mask=pix < N, other=ignore_index)
-    valid = (pix < N) & (y != ignore_index)
     y = tl.where(valid, y, 0)
     mask = (ch[:, None] < D) & valid[None, :]
     offs = (b * D + ch[:, None]) * N + pix[None, :]
