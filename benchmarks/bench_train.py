@@ -1,9 +1,9 @@
 """Measured proxy for the paper's claim, on the synthetic scenes: CSFR vs its FCN baseline.
 
-Both models are trained from the same preset with the same seed and number of iterations
+Both models are trained from the same preset with the same seeds and number of iterations
 (the baseline is the same network without CSFLM, CAC loss and AAM), then compared on:
 
-- mIoU on the validation scenes;
+- mIoU on the validation scenes (per seed, and mean ± standard deviation);
 - separability of the features the classifier sees: the mean distance between class
   centroids divided by the mean intra-class spread (root mean squared distance to the own
   centroid), over all validation pixels;
@@ -93,8 +93,10 @@ def parse_args(argv=None):
     p.add_argument("--config", default="synthetic", help="preset to train (default synthetic)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, as for python -m csfr.train (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="training seeds; both models are trained once per seed (default 0 1 2)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/bench_train"),
-                   help="where the two runs are trained (subfolders csfr/ and baseline/)")
+                   help="where the runs are trained (subfolders seed<N>/csfr and seed<N>/baseline)")
     p.add_argument("--repeat", type=int, default=20, help="timed training steps per model (median kept)")
     p.add_argument("--out", default=str(Path(__file__).with_name("TRAIN_RESULTS.md")),
                    help="markdown file whose machine section is (re)written")
@@ -103,34 +105,47 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    csfr_config = configs.resolve(args.config, args.overrides)
-    if not csfr_config["model"]["name"].startswith("csfr_"):
-        raise SystemExit(f"--config must describe a CSFR model, got {csfr_config['model']['name']}")
-    base_config = configs.resolve(args.config, [*args.overrides,
-                                                f"model.name={baseline_name(csfr_config['model']['name'])}"])
-    device = pick_device(csfr_config["train"]["device"])
-    rows = []
-    for label, config in (("CSFR", csfr_config), ("baseline", base_config)):
-        trainer = Trainer(config, args.work_dir / label.lower(), progress=True)
-        result = trainer.run()
-        rows.append({"model": config["model"]["name"], "label": label, "mIoU": result["scores"]["mIoU"],
-                     "sep": separability(trainer.model, trainer.val_set, device)})
-        del trainer  # its DataLoader workers must not run while steps are timed
-    for row, config in zip(rows, (csfr_config, base_config)):
-        row["ms"] = step_ms(config, device, args.repeat)
-        print(f"{row['label']}: mIoU {row['mIoU']}, separability {row['sep']:.3f}, step {row['ms']:.1f} ms")
-    csfr_row, base_row = rows
+    csfr_name = configs.resolve(args.config, args.overrides)["model"]["name"]
+    if not csfr_name.startswith("csfr_"):
+        raise SystemExit(f"--config must describe a CSFR model, got {csfr_name}")
+    models = (("csfr", csfr_name), ("baseline", baseline_name(csfr_name)))
+
+    def config_for(name: str, seed: int) -> dict:
+        return configs.resolve(args.config, [*args.overrides, f"model.name={name}", f"train.seed={seed}"])
+
+    device = pick_device(config_for(csfr_name, 0)["train"]["device"])
+    runs = []  # one row per (seed, model); the seed also draws the synthetic scenes
+    for seed in args.seeds:
+        for label, name in models:
+            trainer = Trainer(config_for(name, seed), args.work_dir / f"seed{seed}" / label, progress=True)
+            result = trainer.run()
+            runs.append({"model": name, "seed": seed, "mIoU": result["scores"]["mIoU"],
+                         "sep": separability(trainer.model, trainer.val_set, device)})
+            del trainer  # its DataLoader workers must not run while steps are timed
+            print(f"seed {seed} {name}: mIoU {runs[-1]['mIoU']}, separability {runs[-1]['sep']:.3f}")
+    step = {name: step_ms(config_for(name, args.seeds[0]), device, args.repeat) for _, name in models}
+
+    def mean_std(name: str, key: str) -> tuple[float, float]:
+        values = torch.tensor([r[key] for r in runs if r["model"] == name], dtype=torch.float64)
+        return float(values.mean()), float(values.std()) if len(values) > 1 else 0.0
+
     title = device_description(device)
-    train = csfr_config["train"]
+    train = config_for(csfr_name, 0)["train"]
     lines = [f"## {title}", "",
              (f"{datetime.date.today().isoformat()}, torch {torch.__version__}; preset `{args.config}` "
               f"{' '.join('--set ' + o for o in args.overrides)}: {train['iters']} iterations, batch "
-              f"{train['batch_size']}, seed {train['seed']}, same for both. Command: "
-              f"`python benchmarks/bench_train.py {' '.join(sys.argv[1:])}`"),
-             "", "| model | mIoU | separability (inter / intra) | train step ms |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['model']} | {r['mIoU']:.2f} | {r['sep']:.3f} | {r['ms']:.1f} |" for r in rows]
-    lines += ["", (f"CSFR - baseline: {csfr_row['mIoU'] - base_row['mIoU']:+.2f} mIoU, separability x"
-                   f"{csfr_row['sep'] / base_row['sep']:.2f}, step time x{csfr_row['ms'] / base_row['ms']:.2f}.")]
+              f"{train['batch_size']}, seeds {args.seeds} (each seed also draws the scenes), the same for both "
+              f"models. Command: `python benchmarks/bench_train.py {' '.join(sys.argv[1:])}`"),
+             "", "| model | seed | mIoU | separability (inter / intra) |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['model']} | {r['seed']} | {r['mIoU']:.2f} | {r['sep']:.3f} |" for r in runs]
+    lines += ["", "| model | mean mIoU | mean separability | train step ms (median) |", "|---|---:|---:|---:|"]
+    for _, name in models:
+        (miou, miou_sd), (sep, sep_sd) = mean_std(name, "mIoU"), mean_std(name, "sep")
+        lines.append(f"| {name} | {miou:.2f} ± {miou_sd:.2f} | {sep:.3f} ± {sep_sd:.3f} | {step[name]:.1f} |")
+    (c_miou, _), (b_miou, _) = mean_std(csfr_name, "mIoU"), mean_std(models[1][1], "mIoU")
+    (c_sep, _), (b_sep, _) = mean_std(csfr_name, "sep"), mean_std(models[1][1], "sep")
+    lines += ["", (f"CSFR - baseline: {c_miou - b_miou:+.2f} mIoU (mean over seeds), separability x{c_sep / b_sep:.2f}, "
+                   f"step time x{step[csfr_name] / step[models[1][1]]:.2f}; ± is the standard deviation over seeds.")]
     write_section(args.out, title, "\n".join(lines) + "\n", heading="# Training proxy results (CSFR vs baseline)")
     print("\n".join(lines))
 

@@ -48,12 +48,15 @@ def test_bench_train_compares_csfr_with_its_baseline(tmp_path):
     assert bench.baseline_name("csfr_pspnet_r101_d16") == "pspnet_r101_d16"
     out = tmp_path / "TRAIN.md"
     sets = [arg for item in TINY + ["train.iters=2"] for arg in ("--set", item)]
-    bench.main([*sets, "--work-dir", str(tmp_path / "runs"), "--repeat", "2", "--out", str(out)])
+    bench.main([*sets, "--seeds", "0", "1", "--work-dir", str(tmp_path / "runs"), "--repeat", "2", "--out", str(out)])
     text = out.read_text()
     assert text.startswith("# Training proxy results")
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith(("| csfr_r50_d8", "| fcn_r50_d8"))]
-    assert len(rows) == 2 and all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
-    assert (tmp_path / "runs" / "csfr" / "checkpoints").is_dir() and (tmp_path / "runs" / "baseline").is_dir()
+    per_seed, summary = rows[:4], rows[4:]
+    assert [(r[0].strip(), r[1].strip()) for r in per_seed] == [("csfr_r50_d8", "0"), ("fcn_r50_d8", "0"),
+                                                                ("csfr_r50_d8", "1"), ("fcn_r50_d8", "1")]
+    assert len(summary) == 2 and all("±" in r[1] and float(r[3]) > 0 for r in summary)
+    assert (tmp_path / "runs" / "seed1" / "csfr" / "checkpoints").is_dir()
 
 
 def test_separability_of_perfectly_separated_features():
