@@ -329,9 +329,11 @@ Tensor blend_forward_cpu(const Tensor& x, const Tensor& s, const Tensor& g) {
 // ds, dx of n elements of one row; the gate gradient is stored (full gate), added to dg_sum
 // (per-pixel gate, summed over channels by the caller) or returned summed (per-channel gate).
 template <typename scalar_t, GateMode M>
-at::opmath_type<scalar_t> blend_backward_row(const scalar_t* dz, const scalar_t* x, const scalar_t* s,
-                                             const scalar_t* g, scalar_t* dx, scalar_t* ds, scalar_t* dg,
-                                             at::opmath_type<scalar_t>* dg_sum, int64_t n) {
+at::opmath_type<scalar_t> blend_backward_row(const scalar_t* __restrict__ dz, const scalar_t* __restrict__ x,
+                                             const scalar_t* __restrict__ s, const scalar_t* __restrict__ g,
+                                             scalar_t* __restrict__ dx, scalar_t* __restrict__ ds,
+                                             scalar_t* __restrict__ dg, at::opmath_type<scalar_t>* __restrict__ dg_sum,
+                                             int64_t n) {
   using acc_t = at::opmath_type<scalar_t>;
   const acc_t g0 = sigmoid<acc_t>(g[0]);
   acc_t total = 0;
