@@ -68,5 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The console script (and python -m): bad input ends with one line and exit status 2."""
     cli.run_main("csfr.train", main)
+
+
+if __name__ == "__main__":
+    entry()
