@@ -1,5 +1,7 @@
 """Every fused backend available here against csfr.ops.reference on fresh random inputs."""
 
+import os
+import subprocess
 import sys
 
 import pytest
@@ -65,6 +67,17 @@ def test_all_ops_match_reference_in_each_dtype(backend, dtype, shape):
 @pytest.mark.parametrize("gate", list(GATES))
 def test_gated_blend_matches_reference(backend, dtype, gate):
     compare_gated_blend(backend, device_of(backend), dtype, gate)
+
+
+def test_cpu_blend_baseline_loops_match_reference():
+    """The blend's row loops also exist for CPUs without AVX2; force them and check all dtypes and gates."""
+    code = ("import torch, opcases\n"
+            "for dtype in (torch.float32, torch.float16, torch.bfloat16):\n"
+            "    for gate in opcases.GATES:\n"
+            "        opcases.compare_gated_blend('cpu', 'cpu', dtype, gate)\n")
+    env = {**os.environ, "CSFR_CPU_BASELINE": "1", "PYTHONPATH": os.path.dirname(__file__)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_cpu_gradcheck_float64():
