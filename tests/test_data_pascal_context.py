@@ -123,7 +123,7 @@ def test_converter_and_datasets(root, sub, capsys):
         assert (voc / "ImageSets" / "SegmentationContext" / f"{split}.txt").read_text().split() == names
     expected = {name: _expected(n) for n, name in enumerate(IMAGES["train"] + IMAGES["val"])}
     assert set(np.concatenate([e.ravel() for e in expected.values()]).tolist()) == set(range(60))
-    for split, standard in (("train", 4998), ("val", 5105)):
+    for split, standard in (("train", 4996), ("val", 5104)):
         with pytest.warns(DatasetCountWarning, match=f"found {len(IMAGES[split])} images, the standard split "
                                                      f"has {standard}"):
             ds59 = build_dataset("pascal_context59", root / sub, split)
@@ -136,11 +136,33 @@ def test_converter_and_datasets(root, sub, capsys):
             np.testing.assert_array_equal(ds59[i]["label"], np.where(raw == 0, 255, raw - 1))
 
 
-def test_converter_finds_json_in_root_and_requires_standard_names(root):
+def test_converter_finds_json_in_root(root):
     prepare_main(["pascal_context", "--root", str(root), "--workers", "1"])
     assert len(list((root / "VOCdevkit/VOC2010/SegmentationClassContext").glob("*.png"))) == 5
+
+
+def _edit_json(root, edit):
     detail = json.loads((root / "trainval_merged.json").read_text())
-    detail["categories"] = [c for c in detail["categories"] if c["name"] != "tvmonitor"]
+    edit(detail)
     (root / "trainval_merged.json").write_text(json.dumps(detail))
-    with pytest.raises(ValueError, match="no category named tvmonitor"):
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["categories"].pop(next(i for i, c in enumerate(d["categories"]) if c["name"] == "tvmonitor")),
+     "category 427 is missing, expected 'tvmonitor'"),
+    (lambda d: d["categories"][0].update(name="monitor"), "category 2 is 'monitor', expected 'aeroplane'"),
+    (lambda d: d["categories"].append({"category_id": 460, "name": "x"}), r"category_id 460 \('x'\) is outside 1..459"),
+    (lambda d: d["annos_segmentation"][3].update(category_id=5), "annotation 3 of image 2008000002 has category_id 5"),
+    (lambda d: d["images"][1].pop("height"), "missing field 'height'"),
+])
+def test_converter_refuses_a_malformed_json_naming_it(root, edit, message):
+    _edit_json(root, edit)
+    with pytest.raises(ValueError, match=rf"trainval_merged.json: .*{message}"):
+        prepare_main(["pascal_context", "--root", str(root), "--workers", "1"])
+    assert not (root / "VOCdevkit/VOC2010/SegmentationClassContext").exists()
+
+
+def test_converter_names_an_unparsable_json(root):
+    (root / "trainval_merged.json").write_text('{"images": [')
+    with pytest.raises(ValueError, match=r"trainval_merged.json: Expecting value"):
         prepare_main(["pascal_context", "--root", str(root), "--workers", "1"])

@@ -29,6 +29,8 @@ def _run(job: Job) -> None:
 
 def find_sources(folder: Path, suffix: str, exclude: str | None = None) -> list[Path]:
     """Files below `folder` ending with `suffix` (not with `exclude`); raises if there are none."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"folder {folder} not found (docs/data.md shows the expected layout)")
     found = sorted(p for p in Path(folder).rglob(f"*{suffix}")
                    if not p.name.startswith(".") and not (exclude and p.name.endswith(exclude)))
     if not found:

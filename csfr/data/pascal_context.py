@@ -22,6 +22,11 @@ CLASSES59 = (
     "sidewalk", "sign", "sky", "snow", "sofa", "table", "track", "train", "tree", "truck", "tvmonitor",
     "wall", "water", "window", "wood",
 )
+# Detail (trainval_merged.json, labels.txt) category ids of CLASSES59, in the same order.
+DETAIL_IDS = (2, 9, 18, 19, 22, 23, 25, 31, 33, 34, 44, 45, 46, 59, 65, 68, 72, 80, 85, 98, 104, 105, 113, 115,
+              144, 158, 159, 162, 187, 189, 207, 220, 232, 258, 259, 260, 284, 295, 296, 308, 324, 326, 347,
+              349, 354, 355, 360, 366, 368, 397, 415, 416, 420, 424, 427, 440, 445, 454, 458)
+NUM_DETAIL_CATEGORIES = 459
 ROOTS = ("VOCdevkit/VOC2010", "VOC2010", ".")
 LABEL_DIR = "SegmentationClassContext"
 LIST_DIR = "ImageSets/SegmentationContext"
@@ -36,12 +41,13 @@ root/                      (the folder holding VOCdevkit, VOCdevkit itself, or V
 
 
 class PascalContext59(FileDataset):
-    """PASCAL Context, 59 classes: background -> 255, class k -> k-1. train 4998 / val 5105 images."""
+    """PASCAL Context, 59 classes: background -> 255, class k -> k-1. train 4996 / val 5104 images
+    (the splits of trainval_merged.json; the 2014 paper counted 4998 / 5105)."""
 
     name = "pascal_context59"
     class_names = CLASSES59
     splits = ("train", "val")
-    expected_counts = MappingProxyType({"train": 4998, "val": 5105})
+    expected_counts = MappingProxyType({"train": 4996, "val": 5104})
     layout = LAYOUT
     raw_table = label_table({0: IGNORE_INDEX, **{k: k - 1 for k in range(1, 60)}, IGNORE_INDEX: IGNORE_INDEX})
 
@@ -64,14 +70,23 @@ def _key(name: str) -> str:
 
 
 def category_values(categories: list[dict]) -> dict[int, int]:
-    """Detail category_id -> 1..59 for the standard classes (matched by name), 0 for all others."""
-    standard = {_key(name): k for k, name in enumerate(CLASSES59, start=1)}
-    values = {cat["category_id"]: standard.get(_key(cat["name"]), 0) for cat in categories}
-    missing = set(standard.values()) - set(values.values())
-    if missing:
-        raise ValueError("trainval_merged.json has no category named "
-                         + ", ".join(CLASSES59[k - 1] for k in sorted(missing)))
-    return values
+    """Detail category_id (1..459) -> 1..59 for the standard classes, 0 (background) for all others.
+
+    The standard classes are fixed by their Detail ids (DETAIL_IDS); the file's names for those ids
+    must match the class names, so a different numbering is refused rather than mislabelled."""
+    names = {}
+    for cat in categories:
+        cid = cat["category_id"]
+        if not 1 <= cid <= NUM_DETAIL_CATEGORIES:
+            raise ValueError(f"category_id {cid} ({cat.get('name')!r}) is outside 1..{NUM_DETAIL_CATEGORIES}")
+        names[cid] = cat.get("name", "")
+    wrong = [f"{cid} is {repr(names[cid]) if cid in names else 'missing'}, expected {name!r}"
+             for cid, name in zip(DETAIL_IDS, CLASSES59) if _key(names.get(cid, "")) != _key(name)]
+    if wrong:
+        raise ValueError("the 59 standard classes are not numbered as in the official release: category "
+                         + "; ".join(wrong))
+    standard = {cid: k for k, cid in enumerate(DETAIL_IDS, start=1)}
+    return {cid: standard.get(cid, 0) for cid in names}
 
 
 def render_mask(height: int, width: int, annotations: list[tuple[int, dict | list]]) -> np.ndarray:
@@ -89,29 +104,44 @@ def _write_list(path: Path, names: list[str]) -> None:
         tmp.replace(path)
 
 
+def read_detail(path: Path) -> tuple[list[dict], dict[int, list]]:
+    """(images, image_id -> [(label value, segmentation)] in file order) of a Detail annotation file;
+    anything malformed raises naming the file."""
+    try:
+        detail = json.loads(Path(path).read_text())
+        values = category_values(detail["categories"])
+        per_image = defaultdict(list)
+        for ann in detail["annos_segmentation"]:
+            if ann["category_id"] not in values:
+                raise ValueError(f"annotation {ann.get('id')} of image {ann['image_id']} has category_id "
+                                 f"{ann['category_id']}, which is not in its categories")
+            per_image[ann["image_id"]].append((values[ann["category_id"]], ann["segmentation"]))
+        images = [{"phase": img.get("phase"), **{k: img[k] for k in ("image_id", "file_name", "height", "width")}}
+                  for img in detail["images"]]
+    except KeyError as e:
+        raise ValueError(f"{path}: missing field {e} (expected the Detail trainval_merged.json)") from e
+    except (ValueError, TypeError) as e:  # ValueError includes json.JSONDecodeError
+        raise ValueError(f"{path}: {e}") from e
+    return images, per_image
+
+
 def prepare(root: Path, workers: int, json_path: Path | None = None) -> tuple[int, int]:
-    """Write SegmentationClassContext/<id>.png for every image of trainval_merged.json, and the
-    split lists ImageSets/SegmentationContext/{train,val}.txt (from the images' "phase") if missing."""
+    """Write SegmentationClassContext/<id>.png (0 = background, 1..59) for every image of the Detail
+    annotations trainval_merged.json (459 categories; the other 400 become background), and the
+    split lists ImageSets/SegmentationContext/{train,val}.txt from the images' "phase" if missing."""
     base = locate(Path(root), ROOTS, "JPEGImages", "pascal_context", LAYOUT)
     candidates = [Path(json_path)] if json_path else [Path(root) / "trainval_merged.json", base / "trainval_merged.json"]
     found = next((p for p in candidates if p.is_file()), None)
     if found is None:
         raise FileNotFoundError(f"pascal_context: annotation file not found (tried {', '.join(map(str, candidates))}); "
                                 f"pass --json PATH")
-    detail = json.loads(found.read_text())
-    values = category_values(detail["categories"])
-    per_image = defaultdict(list)
-    for ann in detail["annos_segmentation"]:
-        if ann["category_id"] not in values:
-            raise ValueError(f"{found}: annotation {ann.get('id')} of image {ann['image_id']} has category_id "
-                             f"{ann['category_id']}, which is not in its categories")
-        per_image[ann["image_id"]].append((values[ann["category_id"]], ann["segmentation"]))
+    images, per_image = read_detail(found)
     (base / LABEL_DIR).mkdir(exist_ok=True)
     (base / LIST_DIR).mkdir(parents=True, exist_ok=True)
     for phase in ("train", "val"):
-        names = [Path(img["file_name"]).stem for img in detail["images"] if img.get("phase") == phase]
+        names = [Path(img["file_name"]).stem for img in images if img.get("phase") == phase]
         if names:
             _write_list(base / LIST_DIR / f"{phase}.txt", names)
     jobs = [Job(render_mask, (img["height"], img["width"], per_image[img["image_id"]]),
-                base / LABEL_DIR / f"{Path(img['file_name']).stem}.png") for img in detail["images"]]
+                base / LABEL_DIR / f"{Path(img['file_name']).stem}.png") for img in images]
     return run_jobs(jobs, workers, "pascal_context json -> SegmentationClassContext")

@@ -1,7 +1,8 @@
 """python -m csfr.data.prepare {cityscapes,coco_stuff10k,coco_stuff164k,pascal_context} --root PATH
 
 Converts official annotations into the label PNGs the datasets read. Idempotent (outputs that
-exist are skipped), atomic (temp name + rename), parallel (--workers processes).
+exist are skipped, so an interrupted run is finished by running it again), atomic (each file is
+written under a temporary name, then renamed), parallel (--workers processes), with a progress bar.
 """
 
 from __future__ import annotations
@@ -15,22 +16,35 @@ from csfr.data import cityscapes, coco_stuff, pascal_context
 
 CONVERTERS = {"cityscapes": cityscapes.prepare, "coco_stuff10k": coco_stuff.prepare_10k,
               "coco_stuff164k": coco_stuff.prepare_164k, "pascal_context": pascal_context.prepare}
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+ROOT_HELP = "dataset root as laid out in docs/data.md (what build_dataset gets); outputs go inside it"
+WORKERS_HELP = f"worker processes; 1 = run in this process (default: min(8, CPUs) = {DEFAULT_WORKERS})"
+JSON_HELP = "the Detail annotations trainval_merged.json (default: look in --root, then in VOC2010/)"
+EPILOG = f"""\
+flags (after DATASET; `python -m csfr.data.prepare DATASET --help` shows one converter's):
+  --root PATH    {ROOT_HELP}
+  --workers N    {WORKERS_HELP}
+  --json PATH    pascal_context only: {JSON_HELP}"""
+
+
+def _workers(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m csfr.data.prepare", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m csfr.data.prepare", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    sub = p.add_subparsers(dest="dataset", required=True, metavar="DATASET", help="the converter to run:")
     for name, convert in CONVERTERS.items():
         what = " ".join(convert.__doc__.split())
         s = sub.add_parser(name, help=what, description=what)
-        s.add_argument("--root", type=Path, required=True,
-                       help="dataset root, laid out as in docs/data.md (the folder the dataset is built on)")
-        s.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                       help="worker processes (1 = run in this process; default: min(8, CPUs))")
+        s.add_argument("--root", type=Path, required=True, metavar="PATH", help=ROOT_HELP)
+        s.add_argument("--workers", type=_workers, default=DEFAULT_WORKERS, metavar="N", help=WORKERS_HELP)
         if name == "pascal_context":
-            s.add_argument("--json", type=Path, default=None,
-                           help="path of trainval_merged.json (default: look in --root, then in VOC2010/)")
+            s.add_argument("--json", type=Path, default=None, metavar="PATH", help=JSON_HELP)
     return p
 
 
