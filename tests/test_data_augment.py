@@ -1,5 +1,7 @@
 """Transforms keep image and label aligned, are seeded, and give the same batches in any worker."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -86,6 +88,8 @@ def test_pipelines_normalise_and_are_reproducible():
     b = train(image, label, np.random.default_rng(7))
     assert a["image"].shape == (3, 32, 32) and a["image"].dtype == np.float32 and a["label"].dtype == np.int64
     assert np.array_equal(a["image"], b["image"]) and np.array_equal(a["label"], b["label"])
+    c = pickle.loads(pickle.dumps(train))(image, label, np.random.default_rng(7))  # as a spawned worker gets it
+    assert np.array_equal(a["image"], c["image"]) and np.array_equal(a["label"], c["label"])
     test = test_pipeline()(image, label, None)
     np.testing.assert_allclose(test["image"][:, 0, 0], (image[0, 0] - MEAN) / STD, rtol=1e-6)
     resized = test_pipeline((40, 30))(image, label, None)

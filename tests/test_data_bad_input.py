@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from csfr.data import DatasetCountWarning, build_dataset
+from csfr.data import DATASETS, DatasetCountWarning, build_dataset
+
+FILE_DATASETS = sorted(set(DATASETS) - {"synthetic"})
 
 
 def ade(tmp_path, n=2, size=(8, 9), label_values=None):
@@ -27,15 +29,24 @@ def ade(tmp_path, n=2, size=(8, 9), label_values=None):
     return tmp_path, images, labels
 
 
-def build(root, split="train"):
+def build(root, split="train", name="ade20k"):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DatasetCountWarning)
-        return build_dataset("ade20k", root, split)
+        return build_dataset(name, root, split)
 
 
 def test_missing_root_names_the_path_and_the_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nowhere.*expected layout:\n.*ADEChallengeData2016"):
         build(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("name", FILE_DATASETS)
+def test_every_dataset_names_a_missing_or_empty_root_and_its_layout(tmp_path, name):
+    layout = DATASETS[name].layout
+    for root in (tmp_path / "nowhere", tmp_path):
+        with pytest.raises(FileNotFoundError) as err:
+            build(root, DATASETS[name].splits[0], name)
+        assert str(root) in str(err.value) and str(err.value).endswith(f"expected layout:\n{layout}")
 
 
 def test_missing_split_folder_is_named(tmp_path):
@@ -56,6 +67,37 @@ def test_image_without_label_and_label_without_image_name_both_files(tmp_path):
     assert f"label {labels[1]} has no image" in text and "ADE_train_00000001.jpg" in text
 
 
+def context(tmp_path, names=("2008_000002", "2008_000003")):
+    """A tiny converted PASCAL Context train split; returns (root, image paths, label paths)."""
+    voc = tmp_path / "VOCdevkit" / "VOC2010"
+    for sub in ("JPEGImages", "SegmentationClassContext", "ImageSets/SegmentationContext"):
+        (voc / sub).mkdir(parents=True)
+    (voc / "ImageSets/SegmentationContext/train.txt").write_text("".join(f"{n}\n" for n in names))
+    images = [voc / "JPEGImages" / f"{n}.jpg" for n in names]
+    labels = [voc / "SegmentationClassContext" / f"{n}.png" for n in names]
+    for image, label in zip(images, labels):
+        Image.fromarray(np.zeros((6, 7, 3), np.uint8)).save(image)
+        Image.fromarray(np.ones((6, 7), np.uint8)).save(label)
+    return tmp_path, images, labels
+
+
+def test_listed_image_without_label_and_label_without_image_name_both_files(tmp_path):
+    root, images, labels = context(tmp_path)
+    labels[0].unlink()
+    images[1].unlink()
+    with pytest.raises(ValueError) as err:
+        build(root, name="pascal_context59")
+    text = str(err.value)
+    assert f"image {images[0]} has no label (expected {labels[0]}; listed in" in text
+    assert f"label {labels[1]} has no image (expected {images[1]}; listed in" in text
+
+
+def test_missing_split_list_is_named(tmp_path):
+    root, _, _ = context(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"SegmentationContext/val.txt not found; expected layout"):
+        build(root, "val", "pascal_context60")
+
+
 def test_size_mismatch_names_both_files(tmp_path):
     root, images, labels = ade(tmp_path)
     Image.fromarray(np.ones((5, 5), np.uint8)).save(labels[1])
@@ -72,6 +114,21 @@ def test_truncated_file_is_named(tmp_path):
     ds = build(root)
     with pytest.raises(ValueError, match=rf"cannot read image file {images[1]} \(unreadable or truncated\)"):
         ds[1]
+
+
+def test_truncated_label_file_is_named(tmp_path):
+    root, _, labels = ade(tmp_path)
+    data = labels[0].read_bytes()
+    labels[0].write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"cannot read label file {labels[0]} \(unreadable or truncated\)"):
+        build(root)[0]
+
+
+def test_a_file_that_is_no_image_is_named(tmp_path):
+    root, images, _ = ade(tmp_path)
+    images[0].write_text("not a JPEG")
+    with pytest.raises(ValueError, match=rf"cannot read image file {images[0]}"):
+        build(root)[0]
 
 
 def test_unknown_raw_label_value_is_named_with_the_file(tmp_path):

@@ -78,3 +78,17 @@ def test_test_split_has_ignore_labels(root):
     item = ds[0]
     assert item["meta"]["label_path"] is None
     assert item["label"].shape == (6, 8) and (item["label"] == 255).all()
+
+
+@pytest.mark.parametrize("value", [34, 254])
+def test_label_id_outside_the_official_table_is_named(root, value):
+    path = root / "gtFine" / "val" / "lindau" / "lindau_000000_000019_gtFine_labelIds.png"
+    raw = _raw_label(0)
+    raw[2, 3] = value
+    Image.fromarray(raw).save(path)
+    with pytest.warns(DatasetCountWarning):
+        ds = build_dataset("cityscapes", root, "val")
+    with pytest.raises(ValueError, match=rf"label file {path}: value {value} is not a known label id"):
+        ds[0]
+    with pytest.raises(ValueError, match=rf"{path}: value {value} "):
+        prepare_main(["cityscapes", "--root", str(root), "--workers", "1"])

@@ -110,3 +110,24 @@ def test_10k_converter_rejects_unknown_mat_value(root10k):
         prepare_main(["coco_stuff10k", "--root", str(root10k), "--workers", "1"])
     assert not (root10k / "annotations" / "COCO_train2014_000000000077_labelTrainIds.png").exists()
     assert not list(root10k.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("value", [11, 182])  # 11: "street sign", in the 182-id list but never used
+def test_164k_unused_or_unknown_id_is_named(root164k, value):
+    path = root164k / "annotations" / "val2017" / f"{1:012d}.png"
+    raw = _values(0).astype(np.uint8)
+    raw[5, 6] = value
+    _save(path, raw)
+    with pytest.warns(DatasetCountWarning):
+        ds = build_dataset("coco_stuff164k", root164k, "val")
+    with pytest.raises(ValueError, match=rf"label file {path}: value {value} is not a known label id"):
+        ds[0]
+
+
+@pytest.mark.parametrize("corrupt", [lambda p: p.write_bytes(b"not a MAT file"), lambda p: savemat(p, {"T": 1})])
+def test_10k_converter_names_an_unreadable_mat(root10k, corrupt):
+    path = root10k / "annotations" / "COCO_train2014_000000000078.mat"
+    corrupt(path)
+    with pytest.raises(ValueError, match=rf"cannot read the label map S from {path}"):
+        prepare_main(["coco_stuff10k", "--root", str(root10k), "--workers", "1"])
+    assert not (root10k / "annotations" / "COCO_train2014_000000000078_labelTrainIds.png").exists()
