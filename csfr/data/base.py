@@ -91,7 +91,8 @@ def read_label(path: Path | str) -> np.ndarray:
 
 
 def save_png(array: np.ndarray, path: Path) -> None:
-    """Write a label map as PNG through a temporary name in the same folder, then rename (atomic)."""
+    """Write an array (label map or RGB image) as PNG under a temporary name in the same folder,
+    then rename it (atomic: `path` is either complete or absent)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         Image.fromarray(array).save(tmp, format="PNG")
