@@ -150,3 +150,20 @@ def test_checkpoint_of_another_model_names_the_differing_keys(tmp_path):
                "--set", "model.name=fcn_r50_d8", check=False)
     assert proc.returncode == 2
     assert "does not fit this model" in proc.stderr and "head.csflm" in proc.stderr
+
+
+def test_float16_amp_with_grad_scaler(tmp_path):
+    trainer = Trainer(tiny_config("train.amp=float16", "train.iters=2"), tmp_path, progress=False)
+    assert trainer.scaler.is_enabled()
+    assert trainer.run()["iteration"] == 2
+
+
+def test_pretrained_backbone_from_the_config(tmp_path):
+    from csfr.models.resnet import ResNet
+
+    source = ResNet(50, width=8)
+    torch.save({**source.state_dict(), "fc.weight": torch.zeros(1000, 256), "fc.bias": torch.zeros(1000)},
+               tmp_path / "r50.pth")
+    trainer = Trainer(tiny_config(f"model.pretrained={tmp_path / 'r50.pth'}", "model.options.deep_stem=false"),
+                      tmp_path / "run", progress=False)
+    assert torch.equal(trainer.model.backbone.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
