@@ -1,14 +1,16 @@
-"""The network: shapes and output stride, losses and gradients, weight loading, bad input."""
+"""The network: names, shapes and output stride, losses and gradients, the AAM fusion, bad input.
 
-import re
+Weight loading, parameter counts and the summary CLI are in test_models_weights.py.
+"""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from csfr import models
-from csfr.models import load_pretrained
+from csfr.losses import ClassAwareConsistencyLoss, SegmentationCrossEntropy
+from csfr.models import registry
 from csfr.models.resnet import ResNet
-from csfr.models.summary import main as summary_main
 
 TINY = {"width": 8, "head_channels": 16, "csfr_dim": 16}
 K = 5
@@ -26,43 +28,90 @@ def batch(size=33, b=2):
     return torch.randn(b, 3, size, size, generator=gen), labels
 
 
-def test_names_cover_every_family():
+def test_names_cover_every_family_and_unknown_names_list_them():
     names = models.names()
-    for expected in ("fcn_r101_d8", "deeplabv3_r101_d8", "pspnet_r101_d8", "csfr_r101_d8",
-                     "csfr_deeplabv3_r101_d8", "csfr_pspnet_r101_d8", "fcn_r50_d16", "csfr_r50_d8"):
-        assert expected in names
+    assert len(names) == len(set(names)) == 24
+    for head in ("fcn", "deeplabv3", "pspnet", "csfr", "csfr_deeplabv3", "csfr_pspnet"):
+        for suffix in ("r50_d8", "r101_d8", "r50_d16", "r101_d16"):
+            assert f"{head}_{suffix}" in names
+    assert models.parse("csfr_r101_d8") == (True, "fcn", 101, 8)
+    assert models.parse("deeplabv3_r50_d16") == (False, "deeplabv3", 50, 16)
+    with pytest.raises(ValueError, match="unknown model 'csfr_r102_d8'; valid names: .*csfr_r101_d8"):
+        models.build("csfr_r102_d8", K)
 
 
 @pytest.mark.parametrize("name", ["fcn_r50_d8", "deeplabv3_r50_d8", "pspnet_r50_d16", "csfr_r50_d8",
-                                  "csfr_deeplabv3_r50_d16", "csfr_pspnet_r50_d8"])
+                                  "csfr_deeplabv3_r50_d16", "csfr_pspnet_r101_d8", "fcn_r101_d16"])
 def test_logits_at_input_size_and_features_at_the_output_stride(name):
     model = tiny(name).eval()
     images, _ = batch(65)
     with torch.no_grad():
         logits, feats = model(images), model.features(images)
+    assert model.num_classes == K and isinstance(model.backbone, ResNet)
     assert logits.shape == (2, K, 65, 65)
-    stride = int(name[-1]) if name.endswith("8") else 16
-    assert feats.shape[-2:] == ((65 - 1) // stride + 1,) * 2
+    stride = 16 if name.endswith("d16") else 8
+    assert feats.shape == (2, TINY["head_channels"], (65 - 1) // stride + 1, (65 - 1) // stride + 1)
 
 
-def test_backbone_strides_and_dilations():
-    for os_, multi_grid in ((8, (1, 2, 4)), (16, None)):
+def test_logits_are_the_classified_features_upsampled_bilinearly():
+    model = tiny("csfr_pspnet_r50_d8").eval()
+    images, _ = batch(41)
+    with torch.no_grad():
+        expected = F.interpolate(model.classifier(model.features(images)), (41, 41), mode="bilinear",
+                                 align_corners=False)
+        assert torch.allclose(model(images), expected, atol=1e-6)
+
+
+def test_backbone_strides_dilations_and_stem():
+    for os_, multi_grid, grid in ((8, (1, 2, 4), [4, 8, 16]), (16, (1, 2, 4), [2, 4, 8]), (8, None, [4, 4, 4])):
         net = ResNet(50, os_, deep_stem=True, multi_grid=multi_grid, width=8)
         c3, c4 = net(torch.randn(1, 3, 64, 64))
-        assert c4.shape[-1] == 64 // os_ and c3.shape[1] == 8 * 16 and c4.shape[1] == 8 * 32
-    grid = ResNet(50, 8, multi_grid=(1, 2, 4), width=8).layer4
-    assert [block.conv2.dilation[0] for block in grid] == [4, 8, 16]
+        assert c3.shape == (1, 8 * 16, 64 // os_, 64 // os_)  # stage 3 is at the output stride too
+        assert c4.shape == (1, 8 * 32, 64 // os_, 64 // os_)
+        assert [block.conv2.dilation[0] for block in net.layer4] == grid
+        assert [block.conv2.stride[0] for block in net.layer4] == [1, 1, 1]
+    net = ResNet(101, 16, width=8)
+    assert [net.layer3[0].conv2.stride[0], net.layer3[1].conv2.dilation[0]] == [2, 1]
+    assert len(net.layer3) == 23
+    stem = ResNet(50, deep_stem=True, width=8).stem
+    assert [tuple(stem[i].weight.shape) for i in (0, 3, 6)] == [(4, 3, 3, 3), (4, 4, 3, 3), (8, 4, 3, 3)]
 
 
-def test_training_returns_weighted_named_losses_and_gradients_reach_every_parameter():
-    model = tiny("csfr_r50_d8").train()
+@pytest.mark.parametrize("name, options", [("csfr_r50_d8", {}),
+                                           ("csfr_deeplabv3_r50_d16", {"gate": "channel", "csfr_dim": 8}),
+                                           ("csfr_pspnet_r50_d8", {"gate": "pixel"}),
+                                           ("deeplabv3_r50_d8", {}), ("pspnet_r50_d16", {})])
+def test_training_returns_weighted_losses_and_gradients_reach_every_parameter(name, options):
+    model = tiny(name, **options).train()
     images, labels = batch()
     out = model(images, labels)
-    assert set(out["losses"]) == {"ce", "aux_ce", "cac_intra", "cac_inter"}
+    csfr = name.startswith("csfr")
+    assert set(out["losses"]) == {"ce", "aux_ce"} | ({"cac_intra", "cac_inter"} if csfr else set())
     assert out["logits"].shape == (2, K, 33, 33)
     sum(out["losses"].values()).backward()
     dead = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not dead, dead
+    if csfr:  # the CSFLM, the gate and (D != channels) the projection all learn
+        assert any(n.startswith("head.csflm.") for n, _ in model.named_parameters())
+        assert any(n.startswith("head.aam.gate") for n, _ in model.named_parameters())
+        assert options.get("csfr_dim") is None or any(n.startswith("head.aam.project")
+                                                      for n, _ in model.named_parameters())
+
+
+def test_losses_and_fusion_are_the_documented_ones():
+    model = tiny("csfr_r50_d8", w_intra=0.3, w_inter=0.2, delta_v=0.25, delta_d=1.0).train()
+    seen = {}
+    model.head.aam.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0], s=inputs[1], z=out))
+    model.head.aam.gate.register_forward_hook(lambda m, inputs, out: seen.update(g=out))
+    images, labels = batch()
+    out = model(images, labels)
+    x, s, z, g = seen["x"], seen["s"], seen["z"], seen["g"]
+    assert g.shape == x.shape == s.shape
+    assert torch.allclose(z, x + torch.sigmoid(g) * (s - x), atol=1e-6)
+    cac = ClassAwareConsistencyLoss(K, delta_v=0.25, delta_d=1.0, w_intra=0.3, w_inter=0.2)(s, labels)
+    for key in ("cac_intra", "cac_inter"):
+        assert torch.allclose(out["losses"][key], cac[key])
+    assert torch.allclose(out["losses"]["ce"], SegmentationCrossEntropy()(out["logits"], labels))
 
 
 def test_aux_weight_scales_the_auxiliary_loss_and_zero_removes_the_head():
@@ -79,10 +128,11 @@ def test_eval_returns_logits_only_and_computes_no_cac(monkeypatch):
     model = tiny("csfr_r50_d8").eval()
     calls = []
     monkeypatch.setattr(model.head.cac, "forward", lambda *a: calls.append(1))
+    model.aux.register_forward_hook(lambda *a: calls.append("aux"))
     images, labels = batch()
     out = model(images, labels)
     assert isinstance(out, torch.Tensor) and not calls
-    assert isinstance(model.train()(images), torch.Tensor)  # training without labels: logits too
+    assert isinstance(model.train()(images), torch.Tensor) and not calls  # training without labels: logits too
 
 
 @pytest.mark.parametrize("gate, shape", [("pixel_channel", (2, 16, 5, 5)), ("pixel", (2, 1, 5, 5)),
@@ -98,34 +148,22 @@ def test_gate_variants(gate, shape):
 def test_param_groups_give_the_head_ten_times_the_lr():
     model = tiny("csfr_r50_d8")
     groups = model.param_groups(0.01)
+    assert [g["name"] for g in groups] == ["backbone", "head"]
     assert [g["lr"] for g in groups] == [0.01, pytest.approx(0.1)]
+    assert "weight_decay" not in groups[0]
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     assert {id(p) for p in groups[0]["params"]} == {id(p) for p in model.backbone.parameters()}
 
 
-def test_resnet101_parameter_count_matches_torchvision(capsys):
-    # torchvision's resnet101 has 44,549,160 parameters including its 2048 x 1000 fc layer
-    net = ResNet(101)
-    assert sum(p.numel() for p in net.parameters()) + 2048 * 1000 + 1000 == 44_549_160
-    summary_main(["csfr_r101_d8", "--num-classes", "19"])
-    text = capsys.readouterr().out
-    assert re.search(r"torchvision's count\)\s+44,549,160", text)
-
-
-def test_summary_help_explains_every_flag(capsys):
-    with pytest.raises(SystemExit):
-        summary_main(["--help"])
-    text = capsys.readouterr().out
-    for flag in ("--num-classes", "--width", "--head-channels", "--csfr-dim", "--deep-stem"):
-        assert flag in text
-
-
-def test_sync_batchnorm_conversion():
+def test_sync_batchnorm_conversion_and_option():
+    images, labels = batch()
     model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(tiny("csfr_r50_d8"))
     assert not any(type(m) is torch.nn.BatchNorm2d for m in model.modules())
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
     built = tiny("fcn_r50_d8", norm="syncbn")
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in built.modules())
+    for net in (model, built):  # without a process group SyncBatchNorm acts as BatchNorm
+        assert net.train()(images, labels)["logits"].shape == (2, K, 33, 33)
 
 
 def test_compiled_model_matches_eager():
@@ -137,73 +175,62 @@ def test_compiled_model_matches_eager():
     assert torch.allclose(eager, compiled, atol=1e-4)
 
 
-def test_bad_input_is_named():
+# -- bad input -------------------------------------------------------------------------------------
+
+def test_bad_input_is_named_before_any_work():
     model = tiny("csfr_r50_d8").train()
+    ran = []
+    model.backbone.register_forward_pre_hook(lambda *a: ran.append(1))
     images, labels = batch()
-    with pytest.raises(ValueError, match=r"\[B, 3, H, W\].*\(2, 4, 33, 33\)"):
-        model(torch.randn(2, 4, 33, 33))
+    bad_labels = labels.clone()
+    bad_labels[1, 20, 7] = 7
+    cases = [
+        (ValueError, r"\[B, 3, H, W\].*\(2, 4, 33, 33\)", (torch.randn(2, 4, 33, 33),)),
+        (ValueError, r"\[B, 3, H, W\].*\(3, 33, 33\)", (torch.randn(3, 33, 33),)),
+        (TypeError, "images must be a .* tensor, got list", ([1, 2],)),
+        (TypeError, "floating point", (images.to(torch.uint8),)),
+        (ValueError, "7x40 is smaller than output stride 8", (torch.randn(2, 3, 7, 40),)),
+        (ValueError, r"labels \(2, 20, 33\) do not match images", (images, labels[:, :20])),
+        (ValueError, r"labels must be a \[B, H, W\] label map, got \(2, 1, 33, 33\)", (images, labels[:, None])),
+        (TypeError, "integer tensor, got torch.float32", (images, labels.float())),
+        (ValueError, r"label value 7 at index \(1, 20, 7\) is outside \[0, 5\)", (images, bad_labels)),
+    ]
+    for error, message, args in cases:
+        with pytest.raises(error, match=message):
+            model(*args)
     with pytest.raises(ValueError, match="smaller than output stride 8"):
-        model(torch.randn(2, 3, 7, 40))
-    with pytest.raises(ValueError, match="do not match images"):
-        model(images, labels[:, :20])
-    with pytest.raises(TypeError, match="integer tensor, got torch.float32"):
-        model(images, labels.float())
-    with pytest.raises(TypeError, match="floating point"):
-        model(images.to(torch.uint8))
-    with pytest.raises(ValueError, match="unknown model 'csfr_r102_d8'; valid names: .*csfr_r101_d8"):
-        models.build("csfr_r102_d8", K)
-    with pytest.raises(TypeError, match="unknown model option.*widht"):
-        models.build("fcn_r50_d8", K, widht=8)
+        model.features(torch.randn(1, 3, 5, 5))
+    assert not ran
+    assert isinstance(model.eval()(images, bad_labels), torch.Tensor)  # inference ignores labels
 
 
-# -- pretrained weights ----------------------------------------------------------------------------
-
-def torchvision_state(net):
-    """A torchvision-named ResNet state_dict (with its fc) made from our own backbone."""
-    state = {k: v.clone() for k, v in net.state_dict().items()}
-    state["fc.weight"], state["fc.bias"] = torch.randn(1000, net.stage4_channels), torch.randn(1000)
-    return state
-
-
-def test_torchvision_state_dict_round_trips(tmp_path):
-    torch.manual_seed(3)
-    source = ResNet(50, width=8)
-    for m in source.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_()
-    torch.save(torchvision_state(source), tmp_path / "r50.pth")
-    model = models.build("csfr_r50_d8", K, pretrained=str(tmp_path / "r50.pth"), **TINY)
-    for key, value in source.state_dict().items():
-        assert torch.equal(model.backbone.state_dict()[key], value), key
+@pytest.mark.parametrize("options, error, message", [
+    ({"widht": 8}, TypeError, "unknown model option.*widht"),
+    ({"gate": "spatial"}, ValueError, "unknown gate 'spatial'; valid: pixel_channel, pixel, channel"),
+    ({"norm": "gn"}, ValueError, "unknown norm 'gn'; valid: bn, syncbn"),
+    ({"backend": "cudnn"}, ValueError, "unknown backend 'cudnn'; valid: auto, torch"),
+    ({"head_channels": 0}, ValueError, "head_channels must be >= 1"),
+    ({"csfr_dim": 8.0}, TypeError, "csfr_dim must be an integer"),
+    ({"dropout": 1.0}, ValueError, "dropout must be >= 0 and < 1"),
+    ({"aux_weight": -0.4}, ValueError, "aux_weight must be >= 0"),
+    ({"delta_d": "1.5"}, TypeError, "delta_d must be a number"),
+    ({"pretrained": "/nowhere/r50.pth"}, FileNotFoundError, "nothing is downloaded"),
+])
+def test_bad_options_are_named_before_anything_is_built(monkeypatch, options, error, message):
+    monkeypatch.setattr(registry, "ResNet", lambda *a: pytest.fail("built before the options were checked"))
+    with pytest.raises(error, match=message):
+        models.build("csfr_r50_d8", K, **options)
 
 
-def test_mmcv_deep_stem_checkpoint_loads(tmp_path):
-    source = ResNet(50, deep_stem=True, width=8)
-    wrapped = {"state_dict": {f"backbone.{k}": v for k, v in source.state_dict().items()},
-               "meta": {}}
-    wrapped["state_dict"]["decode_head.conv_seg.weight"] = torch.zeros(1)
-    torch.save(wrapped, tmp_path / "v1c.pth")
-    net = ResNet(50, deep_stem=True, width=8)
-    report = load_pretrained(net, tmp_path / "v1c.pth")
-    assert report.clean and report.ignored == ["decode_head.conv_seg.weight"]
-    assert "stem.0.weight" in net.state_dict()
-    assert torch.equal(net.stem[0].weight, source.stem[0].weight)
-
-
-def test_wrong_key_or_shape_is_reported(tmp_path):
-    state = torchvision_state(ResNet(50, width=8))
-    state["layer1.0.conv1.weight"] = torch.zeros(3, 3, 1, 1)
-    state["layer9.weight"] = torch.zeros(1)
-    del state["bn1.bias"]
-    torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(ValueError) as err:
-        load_pretrained(ResNet(50, width=8), tmp_path / "bad.pth")
-    text = str(err.value)
-    assert "bn1.bias" in text and "layer9.weight" in text and "layer1.0.conv1.weight (3, 3, 1, 1)" in text
-    with pytest.warns(UserWarning, match="loaded partially"):
-        report = load_pretrained(ResNet(50, width=8), tmp_path / "bad.pth", strict=False)
-    assert report.missing == ["bn1.bias"] and report.loaded > 0
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        load_pretrained(ResNet(50, width=8), tmp_path / "absent.pth")
-    with pytest.raises(ValueError, match="stem"):
-        load_pretrained(ResNet(50, deep_stem=True, width=8), tmp_path / "bad.pth")
+@pytest.mark.parametrize("options, error, message", [
+    ({"width": 0}, ValueError, "width must be >= 1, got 0"),
+    ({"width": 1, "deep_stem": True}, ValueError, "width must be >= 2 with deep_stem"),
+    ({"width": 8.5}, TypeError, "width must be an integer"),
+    ({"multi_grid": (1, 2)}, ValueError, r"multi_grid must be 3 positive integers.*\(1, 2\)"),
+    ({"multi_grid": (1, 0, 4)}, ValueError, "multi_grid must be 3 positive integers"),
+])
+def test_bad_backbone_options(options, error, message):
+    with pytest.raises(error, match=message):
+        models.build("fcn_r50_d8", K, **options)
+    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
+        models.build("fcn_r50_d8", 0)

@@ -20,6 +20,11 @@ from csfr.ops import gated_blend
 GATES = ("pixel_channel", "pixel", "channel")
 
 
+def check_gate(gate: str) -> None:
+    if gate not in GATES:
+        raise ValueError(f"unknown gate {gate!r}; valid: {', '.join(GATES)}")
+
+
 class CSFLM(nn.Sequential):
     """Consistent-separable feature learning: 3x3 then 1x1 conv-BN-ReLU layers (`num_convs` in all)."""
 
@@ -34,8 +39,7 @@ class AAM(nn.Module):
     def __init__(self, channels: int, dim: int, gate: str = "pixel_channel", norm: str = "bn",
                  backend: str = "auto"):
         super().__init__()
-        if gate not in GATES:
-            raise ValueError(f"unknown gate {gate!r}; valid: {', '.join(GATES)}")
+        check_gate(gate)
         self.gate_kind, self.backend = gate, backend
         self.project = nn.Identity() if dim == channels else ConvBNReLU(dim, channels, 1, norm=norm)
         both = channels + dim

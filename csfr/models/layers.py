@@ -7,7 +7,7 @@ from torch import nn
 NORMS = {"bn": nn.BatchNorm2d, "syncbn": nn.SyncBatchNorm}
 
 
-def norm_layer(name: str):
+def norm_layer(name: str) -> type[nn.Module]:
     """The normalisation class for `name` ("bn", or "syncbn" for multi-GPU training)."""
     if name not in NORMS:
         raise ValueError(f"unknown norm {name!r}; valid: {', '.join(NORMS)}")

@@ -7,15 +7,16 @@ others; depth 50 or 101, output stride 8 or 16.
 
 from __future__ import annotations
 
-import re
+from numbers import Real
+from typing import Any
 
-from csfr.models.csfr import CSFRHead
+from csfr.models.csfr import CSFRHead, check_gate
 from csfr.models.heads import HEADS
+from csfr.models.layers import norm_layer
 from csfr.models.resnet import DEPTHS, ResNet
 from csfr.models.segmentor import Segmentor
-from csfr.models.weights import load_pretrained
-
-_NAME = re.compile(r"^(?:(csfr)_)?(?:(fcn|deeplabv3|pspnet)_)?r(\d+)_d(8|16)$")
+from csfr.models.weights import check_file, load_pretrained
+from csfr.ops.dispatch import NAMES as BACKENDS
 
 # Every option and its default. Options of a part a model does not have (the CSFR ones for a
 # baseline) are accepted and unused, so that one config serves a CSFR model and its baseline.
@@ -40,42 +41,74 @@ DEFAULTS = {
     "w_inter": 1.0,
 }
 
+# (name prefix, is CSFR, head): the baselines, then CSFR on each ("csfr_" alone is CSFR on FCN)
+_FAMILIES = [(f"{h}_", False, h) for h in HEADS] + [
+    ("csfr_" if h == "fcn" else f"csfr_{h}_", True, h) for h in HEADS]
+# name -> (is CSFR, head, depth, output stride)
+_SPECS = {f"{prefix}r{depth}_d{os_}": (csfr, head, depth, os_)
+          for depth in sorted(DEPTHS) for os_ in (8, 16) for prefix, csfr, head in _FAMILIES}
+
 
 def names() -> list[str]:
     """Every valid model name."""
-    out = []
-    for depth in sorted(DEPTHS):
-        for os_ in (8, 16):
-            suffix = f"r{depth}_d{os_}"
-            out += [f"{head}_{suffix}" for head in HEADS]
-            out += [f"csfr_{suffix}", f"csfr_deeplabv3_{suffix}", f"csfr_pspnet_{suffix}"]
-    return out
+    return list(_SPECS)
 
 
 def parse(name: str) -> tuple[bool, str, int, int]:
     """(is CSFR, head name, depth, output stride) of a model name."""
-    match = _NAME.match(name)
-    if not match or name not in names():
+    if name not in _SPECS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(names())}")
-    csfr, head, depth, os_ = match.groups()
-    return bool(csfr), head or "fcn", int(depth), int(os_)
+    return _SPECS[name]
 
 
-def build(name: str, num_classes: int, **options) -> Segmentor:
-    """The model `name` for `num_classes` classes; see DEFAULTS for the options."""
+def _check_number(key: str, value: Any, low: float | None = None, integer: bool = False,
+                  below: float | None = None) -> None:
+    """TypeError unless `value` is a number (an int if `integer`); ValueError outside [low, below)."""
+    kind = "an integer" if integer else "a number"
+    if not isinstance(value, int if integer else Real) or isinstance(value, bool):
+        raise TypeError(f"option {key} must be {kind}, got {value!r}")
+    if (low is not None and value < low) or (below is not None and value >= below):
+        bound = " and ".join(f"{op} {v}" for op, v in ((">=", low), ("<", below)) if v is not None)
+        raise ValueError(f"option {key} must be {bound}, got {value!r}")
+
+
+def _check_options(o: dict[str, Any]) -> None:
+    """Raise naming the first invalid head, loss or weight option (the backbone checks its own)."""
+    for key in ("head_channels", "csfr_dim", "csflm_convs"):
+        _check_number(key, o[key], 1, integer=True)
+    for key in ("aux_weight", "delta_v", "delta_d", "w_intra", "w_inter"):
+        _check_number(key, o[key], 0)
+    _check_number("dropout", o["dropout"], 0, below=1)
+    _check_number("ignore_index", o["ignore_index"], integer=True)
+    norm_layer(o["norm"])
+    check_gate(o["gate"])
+    if o["backend"] not in ("auto", *BACKENDS):
+        raise ValueError(f"unknown backend {o['backend']!r}; valid: auto, {', '.join(BACKENDS)}")
+    if o["pretrained"]:
+        check_file(o["pretrained"])
+
+
+def build(name: str, num_classes: int, **options: Any) -> Segmentor:
+    """The model `name` for `num_classes` classes; see DEFAULTS for the options. The name and
+    every option are checked before anything is built (the backbone's options by ResNet, first
+    thing). `model.pretrained_report` holds the weight loading report (None without `pretrained`)."""
     csfr, head_name, depth, output_stride = parse(name)
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise TypeError(f"unknown model option(s) {', '.join(unknown)}; valid: {', '.join(sorted(DEFAULTS))}")
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
     o = {**DEFAULTS, **options}
+    _check_options(o)
     backbone = ResNet(depth, output_stride, o["deep_stem"], o["multi_grid"], o["width"], o["norm"])
+    report = None
     if o["pretrained"]:
-        load_pretrained(backbone, o["pretrained"], strict=o["pretrained_strict"])
+        report = load_pretrained(backbone, o["pretrained"], strict=o["pretrained_strict"])
     head = HEADS[head_name](backbone.stage4_channels, o["head_channels"], output_stride=output_stride,
                             norm=o["norm"])
     if csfr:
         head = CSFRHead(head, num_classes, o["csfr_dim"], o["gate"], o["csflm_convs"], o["delta_v"], o["delta_d"],
                         o["w_intra"], o["w_inter"], o["ignore_index"], o["norm"], o["backend"])
-    return Segmentor(backbone, head, num_classes, o["aux_weight"], o["dropout"], o["ignore_index"], o["norm"])
+    model = Segmentor(backbone, head, num_classes, o["aux_weight"], o["dropout"], o["ignore_index"], o["norm"])
+    model.pretrained_report = report
+    return model

@@ -1,10 +1,12 @@
 """Dilated ResNet-50/101 backbones returning stage-3 and stage-4 features.
 
 Output stride 8 removes the stride of stages 3 and 4 and dilates them by 2 and 4; output stride
-16 does so for stage 4 only (dilation 2). Multi-grid multiplies stage 4's dilation per block
-(e.g. (1, 2, 4) at OS8 gives 4, 8, 16). The deep "v1c" stem replaces the 7x7 convolution with
-three 3x3 ones. Module names follow torchvision (conv1/bn1/layerN.M.convK/bnK/downsample.{0,1})
-and, for the deep stem, MMCV (stem.{0,1,3,4,6,7}), so their checkpoints load by name.
+16 does so for stage 4 only (dilation 2). Every block of a dilated stage uses the stage's
+dilation (MMSegmentation's convention; torchvision gives the first block the previous stage's).
+Multi-grid multiplies stage 4's dilation per block ((1, 2, 4) at OS8 gives 4, 8, 16). The deep
+"v1c" stem replaces the 7x7 convolution with three 3x3 ones, w/2, w/2 and w wide for base width
+w (MMSegmentation's ResNetV1c). Module names follow torchvision (conv1/bn1/layerN.M.convK/bnK/
+downsample.{0,1}) and, for the deep stem, MMCV (stem.{0,1,3,4,6,7}), so both load by name.
 """
 
 from __future__ import annotations
@@ -19,10 +21,30 @@ DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 EXPANSION = 4
 
 
+def check_options(depth: int, output_stride: int, width: int, deep_stem: bool,
+                  multi_grid: Sequence[int] | None) -> None:
+    """Raise naming the first invalid backbone option."""
+    if depth not in DEPTHS:
+        raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth!r}")
+    if output_stride not in (8, 16):
+        raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
+    if not isinstance(width, int) or isinstance(width, bool):
+        raise TypeError(f"width must be an integer, got {width!r}")
+    if width < (2 if deep_stem else 1):
+        raise ValueError(f"width must be >= {2 if deep_stem else 1}{' with deep_stem' if deep_stem else ''}, "
+                         f"got {width}")
+    blocks = DEPTHS[depth][3]
+    if multi_grid is not None and not (
+            isinstance(multi_grid, Sequence) and not isinstance(multi_grid, str) and len(multi_grid) == blocks
+            and all(isinstance(m, int) and not isinstance(m, bool) and m >= 1 for m in multi_grid)):
+        raise ValueError(f"multi_grid must be {blocks} positive integers (one per stage-4 block), e.g. (1, 2, 4); "
+                         f"got {multi_grid!r}")
+
+
 class Bottleneck(nn.Module):
     """1x1 -> 3x3 (stride, dilation) -> 1x1 with a residual; the stride sits on the 3x3 (ResNet v1.5)."""
 
-    def __init__(self, in_ch: int, width: int, stride: int, dilation: int, norm):
+    def __init__(self, in_ch: int, width: int, stride: int, dilation: int, norm: type[nn.Module]):
         super().__init__()
         out_ch = width * EXPANSION
         self.conv1, self.bn1 = nn.Conv2d(in_ch, width, 1, bias=False), norm(width)
@@ -47,10 +69,7 @@ class ResNet(nn.Module):
     def __init__(self, depth: int = 101, output_stride: int = 8, deep_stem: bool = False,
                  multi_grid: Sequence[int] | None = None, width: int = 64, norm: str = "bn"):
         super().__init__()
-        if depth not in DEPTHS:
-            raise ValueError(f"ResNet depth must be one of {sorted(DEPTHS)}, got {depth}")
-        if output_stride not in (8, 16):
-            raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
+        check_options(depth, output_stride, width, deep_stem, multi_grid)
         norm_cls = norm_layer(norm)
         self.depth, self.output_stride, self.deep_stem, self.width = depth, output_stride, deep_stem, width
         if deep_stem:
@@ -66,11 +85,11 @@ class ResNet(nn.Module):
         strides, dilations = ((1, 2, 1, 1), (1, 1, 2, 4)) if output_stride == 8 else ((1, 2, 2, 1), (1, 1, 1, 2))
         in_ch = width
         for stage, (blocks, stride, dilation) in enumerate(zip(DEPTHS[depth], strides, dilations), start=1):
-            grid = multi_grid if stage == 4 and multi_grid else (1,)
+            grid = tuple(multi_grid) if stage == 4 and multi_grid else (1,) * blocks
             layer = []
             for i in range(blocks):
                 layer.append(Bottleneck(in_ch, width * 2 ** (stage - 1), stride if i == 0 else 1,
-                                        dilation * grid[i % len(grid)], norm_cls))
+                                        dilation * grid[i], norm_cls))
                 in_ch = width * 2 ** (stage - 1) * EXPANSION
             self.add_module(f"layer{stage}", nn.Sequential(*layer))
         self.stage3_channels, self.stage4_channels = width * 4 * EXPANSION, width * 8 * EXPANSION

@@ -16,9 +16,13 @@ from csfr.losses import SegmentationCrossEntropy
 from csfr.models.csfr import CSFRHead
 from csfr.models.layers import Classifier, ConvBNReLU
 from csfr.models.resnet import ResNet
+from csfr.models.weights import LoadReport
+from csfr.ops.checks import check_label_values
 
 
 class Segmentor(nn.Module):
+    """backbone -> head -> classifier (+ auxiliary head). Inputs are checked before any work."""
+
     def __init__(self, backbone: ResNet, head: nn.Module, num_classes: int, aux_weight: float = 0.4,
                  dropout: float = 0.1, ignore_index: int = 255, norm: str = "bn"):
         super().__init__()
@@ -30,16 +34,19 @@ class Segmentor(nn.Module):
             aux_ch = head.channels // 2
             self.aux = nn.Sequential(ConvBNReLU(backbone.stage3_channels, aux_ch, 3, norm=norm),
                                      Classifier(aux_ch, num_classes, dropout))
+        self.ignore_index = ignore_index
         self.ce = SegmentationCrossEntropy(ignore_index)
+        self.pretrained_report: LoadReport | None = None  # set by `build` when weights were loaded
 
     @property
     def is_csfr(self) -> bool:
         return isinstance(self.head, CSFRHead)
 
     def _check_images(self, images: Tensor) -> None:
-        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images must be [B, 3, H, W] RGB, got {shape}")
+        if not isinstance(images, Tensor):
+            raise TypeError(f"images must be a [B, 3, H, W] tensor, got {type(images).__name__}")
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be [B, 3, H, W] RGB, got {tuple(images.shape)}")
         if not images.is_floating_point():
             raise TypeError(f"images must be floating point (normalised), got {images.dtype}")
         stride = self.backbone.output_stride
@@ -48,14 +55,20 @@ class Segmentor(nn.Module):
                              f"allows: it needs at least {stride}x{stride} pixels")
 
     def _check_labels(self, labels: Tensor, images: Tensor) -> None:
-        if not isinstance(labels, Tensor) or labels.dim() != 3:
-            shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-            raise ValueError(f"labels must be a [B, H, W] label map, got {shape}")
+        """Shape, dtype and (eagerly; a compiled graph skips the data-dependent part) values."""
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"labels must be a [B, H, W] tensor, got {type(labels).__name__}")
+        if labels.dim() != 3:
+            raise ValueError(f"labels must be a [B, H, W] label map, got {tuple(labels.shape)}")
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
         if labels.shape[0] != images.shape[0] or labels.shape[-2:] != images.shape[-2:]:
             raise ValueError(f"labels {tuple(labels.shape)} do not match images {tuple(images.shape)}: "
                              "expected [B, H, W] of the image size")
+        if labels.device != images.device:
+            raise ValueError(f"labels are on {labels.device} but images are on {images.device}")
+        if not torch.compiler.is_compiling():
+            check_label_values(labels, self.num_classes, self.ignore_index, "model")
 
     def _decode(self, c4: Tensor) -> tuple[Tensor, Tensor | None]:
         """(features fed to the classifier, C-S features S or None)."""
@@ -66,7 +79,7 @@ class Segmentor(nn.Module):
         self._check_images(images)
         return self._decode(self.backbone(images)[1])[0]
 
-    def forward(self, images: Tensor, labels: Tensor | None = None):
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor | dict:
         self._check_images(images)
         with_losses = self.training and labels is not None
         if with_losses:
@@ -81,12 +94,13 @@ class Segmentor(nn.Module):
         if self.aux is not None:
             losses["aux_ce"] = self.aux_weight * self.ce(self.aux(c3), labels)
         if s is not None:
-            losses.update(self.head.cac(s.float(), labels))
+            losses.update(self.head.cac(s, labels))
         return {"logits": logits, "losses": losses}
 
     def param_groups(self, lr: float, head_lr_mult: float = 10.0) -> list[dict]:
-        """Backbone at `lr`, everything else (heads, classifiers) at lr x head_lr_mult. Weight decay
-        is left to the optimiser and applies to all parameters, as in the reference code."""
+        """Backbone at `lr`, everything else (heads, CSFLM, AAM, classifiers) at lr x head_lr_mult.
+        The groups carry no weight decay of their own: the optimiser's applies to every parameter,
+        BatchNorm and biases included, as in the protocol's reference code (PyTorch-Encoding)."""
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         ids = {id(p) for p in backbone}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]

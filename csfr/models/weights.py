@@ -33,6 +33,17 @@ class LoadReport:
     def clean(self) -> bool:
         return not (self.missing or self.unexpected or self.mismatched)
 
+    @property
+    def hint(self) -> str | None:
+        """Why the keys differ when the file and the backbone have different stems."""
+        def has(keys: list[str], prefix: str) -> bool:
+            return any(k.startswith(prefix) for k in keys)
+        if has(self.missing, "stem.") and has(self.unexpected, "conv1."):
+            return "the file has a 7x7 stem (conv1/bn1): build the model with deep_stem=False"
+        if has(self.missing, "conv1.") and has(self.unexpected, "stem."):
+            return "the file has a deep stem (stem.*): build the model with deep_stem=True"
+        return None
+
     def __str__(self) -> str:
         lines = [f"{self.source}: {self.loaded} tensors loaded"]
         for title, keys in (("missing in the file", self.missing), ("unexpected in the file", self.unexpected),
@@ -40,12 +51,19 @@ class LoadReport:
             if keys:
                 shown = ", ".join(keys[:12]) + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else "")
                 lines.append(f"  {title} ({len(keys)}): {shown}")
+        if self.hint:
+            lines.append(f"  hint: {self.hint}")
         return "\n".join(lines)
 
 
-def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def check_file(path: str | os.PathLike) -> None:
+    """Raise FileNotFoundError unless `path` is an existing file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained weights {path} do not exist (nothing is downloaded; give a local file)")
+
+
+def _read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    check_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
