@@ -114,6 +114,16 @@ def test_losses_and_fusion_are_the_documented_ones():
     assert torch.allclose(out["losses"]["ce"], SegmentationCrossEntropy()(out["logits"], labels))
 
 
+def test_bfloat16_autocast_training_gives_float32_losses():
+    model = tiny("csfr_deeplabv3_r50_d8").train()
+    images, labels = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, labels)["losses"]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert model.head.csflm[0][0].weight.grad is not None
+
+
 def test_aux_weight_scales_the_auxiliary_loss_and_zero_removes_the_head():
     images, labels = batch()
     a = tiny("fcn_r50_d8", aux_weight=0.4).train()(images, labels)["losses"]
