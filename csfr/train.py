@@ -16,6 +16,7 @@ from pathlib import Path
 from csfr import cli
 from csfr.engine import distributed
 from csfr.engine.metrics import table
+from csfr.engine.precision import AMP_MODES
 from csfr.engine.trainer import NonFiniteLoss, StopRequested, Trainer
 
 
@@ -32,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None, metavar="PATH",
                    help="ImageNet backbone weights, a local torchvision or MMCV-style ResNet file "
                         "(sets model.pretrained; nothing is downloaded)")
-    p.add_argument("--amp", choices=("none", "bfloat16", "float16"), default=None,
+    p.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="mixed precision (sets train.amp; float16 adds a gradient scaler)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     return p

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from csfr.data.transforms import MEAN, STD
 from csfr.engine import distributed
 from csfr.engine.inference import predict
 from csfr.engine.metrics import confusion_matrix, scores
+from csfr.engine.precision import autocast
 
 FORMATS = ("color", "cityscapes")
 
@@ -81,13 +81,11 @@ def evaluate(model: nn.Module, dataset: SegmentationDataset, ctx: distributed.Co
                                          generator=torch.Generator())  # leaves the global RNG (dropout) alone
     k = dataset.num_classes
     cm = torch.zeros(k, k, dtype=torch.int64, device=ctx.device)
-    autocast = (torch.autocast(ctx.device.type, dtype=getattr(torch, amp)) if amp != "none"
-                else contextlib.nullcontext())
     for batch in tqdm(loader, desc=f"eval {dataset.name} {dataset.split}", disable=not (progress and ctx.is_main),
                       leave=False, dynamic_ncols=True):
         image = batch["image"].to(ctx.device, non_blocking=True)
         label = batch["label"].to(ctx.device, non_blocking=True)
-        with autocast:
+        with autocast(ctx.device, amp):
             probs = predict(model, image, label.shape[-2:], eval_cfg["mode"], eval_cfg["crop_size"],
                             eval_cfg["stride"], eval_cfg["scales"], eval_cfg["flip"])
         pred = probs.argmax(1)

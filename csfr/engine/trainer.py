@@ -25,12 +25,11 @@ from csfr.data import collate
 from csfr.engine import checkpoint, distributed
 from csfr.engine.builders import build_datasets, build_model
 from csfr.engine.evaluator import PredictionWriter, evaluate
+from csfr.engine.precision import AMP_MODES, autocast
 from csfr.engine.run_log import RunLog
 from csfr.engine.sampling import EpochItems, ShardedStream
 from csfr.engine.schedule import poly_scheduler
 from csfr.ops.checks import NonFiniteFeatures
-
-AMP_MODES = ("none", "bfloat16", "float16")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -165,12 +164,6 @@ class Trainer:
             collate_fn=collate, pin_memory=self.ctx.device.type == "cuda", drop_last=True,
             generator=torch.Generator(), persistent_workers=workers > 0)
 
-    def _autocast(self):
-        amp = self.train["amp"]
-        if amp == "none":
-            return contextlib.nullcontext()
-        return torch.autocast(self.ctx.device.type, dtype=getattr(torch, amp))
-
     def _step(self, network, batches) -> dict[str, float]:
         """One optimiser step over the micro-batches; the mean of each named loss. A non-finite
         loss on any rank stops every rank before its backward pass."""
@@ -185,11 +178,11 @@ class Trainer:
                 contextlib.nullcontext()
             with sync:
                 try:
-                    with self._autocast():
+                    with autocast(self.ctx.device, self.train["amp"]):
                         losses = network(images, labels)["losses"]
                     loss = sum(losses.values())
                     values = {name: float(v.detach()) for name, v in losses.items()}
-                    problem = None if math.isfinite(float(loss.detach())) else \
+                    problem = None if math.isfinite(sum(values.values())) else \
                         ", ".join(f"{k}={v:.4g}" for k, v in values.items())
                 except NonFiniteFeatures as e:
                     problem = str(e)

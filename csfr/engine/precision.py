@@ -1,0 +1,16 @@
+"""Mixed precision: the `train.amp` modes and the autocast context of one."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+AMP_MODES = ("none", "bfloat16", "float16")
+
+
+def autocast(device: torch.device, amp: str):
+    """torch.autocast to the `amp` dtype on `device`, or a no-op context for "none"."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, amp))
