@@ -107,21 +107,15 @@ def test_size_mismatch_names_both_files(tmp_path):
         ds[1]
 
 
-def test_truncated_file_is_named(tmp_path):
-    root, images, _ = ade(tmp_path)
-    data = images[1].read_bytes()
-    images[1].write_bytes(data[: len(data) // 3])
+@pytest.mark.parametrize("what, index, keep", [("image", 1, 3), ("label", 0, 2)])
+def test_truncated_file_is_named(tmp_path, what, index, keep):
+    root, images, labels = ade(tmp_path)
+    path = (images if what == "image" else labels)[index]
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // keep])
     ds = build(root)
-    with pytest.raises(ValueError, match=rf"cannot read image file {images[1]} \(unreadable or truncated\)"):
-        ds[1]
-
-
-def test_truncated_label_file_is_named(tmp_path):
-    root, _, labels = ade(tmp_path)
-    data = labels[0].read_bytes()
-    labels[0].write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match=rf"cannot read label file {labels[0]} \(unreadable or truncated\)"):
-        build(root)[0]
+    with pytest.raises(ValueError, match=rf"cannot read {what} file {path} \(unreadable or truncated\)"):
+        ds[index]
 
 
 def test_a_file_that_is_no_image_is_named(tmp_path):
