@@ -27,14 +27,16 @@ def add_config_flags(parser: argparse.ArgumentParser, default: str | None) -> No
 
 
 def resolve(args: argparse.Namespace, base: dict | None = None) -> dict:
-    """The config the flags describe: --config (or `base`), then --set, then the direct flags."""
-    config = configs.resolve(args.config) if args.config else base
+    """The config the flags describe: --config (or `base`), then --set, then the direct flags;
+    validated against the schema (a wrong type or range is a ValueError naming the key)."""
+    config = configs.read(args.config) if args.config else base
     for assignment in args.overrides:
         configs.override(config, assignment)
     if args.data_root is not None:
         config["data"]["root"] = args.data_root
     if args.device is not None:
         config["train"]["device"] = args.device
+    configs.validate(config)
     return config
 
 

@@ -4,6 +4,7 @@ A preset names a `_base` preset and lists only what differs from it; `load(name)
 merged dict. Its `notes` say where each value comes from. Every key of the merged preset can be
 overridden; `model.options`, `data.options` and `data.val_options` are open (they are passed on
 to `csfr.models.build` and `csfr.data.build_dataset`), so new keys may be added there.
+`resolve` checks every other field's type and range against one schema (`csfr.configs.schema`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import os
 from importlib import resources
 from typing import Any
+
+from csfr.configs.schema import validate
 
 OPEN_SECTIONS = ("model.options", "data.options", "data.val_options", "notes")
 
@@ -81,11 +84,18 @@ def override(config: dict, assignment: str) -> None:
             node = node.setdefault(part, {})
 
 
+def read(name_or_path: str) -> dict:
+    """A preset name or a JSON file path, merged with its `_base` chain (not yet validated)."""
+    return load_file(name_or_path) if name_or_path.endswith(".json") else load(name_or_path)
+
+
 def resolve(name_or_path: str, assignments: list[str] = ()) -> dict:
-    """A preset name or a JSON file path, with the overrides applied in order."""
-    config = load_file(name_or_path) if name_or_path.endswith(".json") else load(name_or_path)
+    """A preset name or a JSON file path, with the overrides applied in order, validated
+    (`csfr.configs.schema.validate`: a wrong type or range raises ValueError naming the key)."""
+    config = read(name_or_path)
     for assignment in assignments:
         override(config, assignment)
+    validate(config)
     return config
 
 
