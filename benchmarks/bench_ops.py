@@ -9,7 +9,7 @@ The table is written into a section of benchmarks/RESULTS.md named after the mac
 
     python benchmarks/bench_ops.py                 # CPU, the issue's two shapes
     python benchmarks/bench_ops.py --device cuda   # on a GPU: adds cuda and triton
-    python benchmarks/bench_ops.py --quick         # tiny shapes, a smoke test of the script
+    python benchmarks/bench_ops.py --quick         # tiny shapes, a smoke test of the script (writes nothing)
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ DELTA_V, DELTA_D = 0.5, 1.5
 # (B, D, H, W, K): the shapes the issues fix; --quick uses tiny ones
 SHAPES = [(8, 512, 97, 97, 19), (16, 512, 64, 64, 150)]
 QUICK_SHAPES = [(2, 16, 9, 11, 5)]
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
 
 @dataclass
@@ -192,9 +193,12 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="feature dtype (default float32)")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per measurement; the median is kept")
-    parser.add_argument("--quick", action="store_true", help="tiny shapes and 2 runs: checks the script works")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md"),
-                        help="markdown file whose machine section is (re)written (default benchmarks/RESULTS.md)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny shapes and 2 runs: checks the script works; prints the table and writes "
+                             "no results file unless --out is given")
+    parser.add_argument("--out", default=None,
+                        help="markdown file whose machine section is (re)written (default benchmarks/RESULTS.md; "
+                             "none with --quick)")
     return parser.parse_args(argv)
 
 
@@ -219,7 +223,9 @@ def main(argv=None) -> None:
             case = Case(op, shape, dtype, device)
             results.append((case, run_case(case, backends, args.repeat, copy_gbs)))
     section = markdown(results, title, copy_gbs, args)
-    write_section(args.out, title, section)
+    out = args.out or (None if args.quick else RESULTS)
+    if out is not None:
+        write_section(out, title, section)
     print(section)
 
 
