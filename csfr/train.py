@@ -35,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
                         "(sets model.pretrained; nothing is downloaded)")
     p.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="mixed precision (sets train.amp; float16 adds a gradient scaler)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars: each log_interval prints a line with the losses and the lr instead")
     return p
 
 

@@ -25,10 +25,10 @@ from csfr.data import collate
 from csfr.engine import checkpoint, distributed
 from csfr.engine.builders import build_datasets, build_model
 from csfr.engine.evaluator import PredictionWriter, evaluate
-from csfr.engine.precision import AMP_MODES, autocast
+from csfr.engine.precision import autocast
 from csfr.engine.run_log import RunLog
 from csfr.engine.sampling import EpochItems, ShardedStream
-from csfr.engine.schedule import poly_scheduler
+from csfr.engine.schedule import poly_scheduler, resume_note
 from csfr.ops.checks import NonFiniteFeatures
 
 
@@ -64,12 +64,8 @@ class _StopFlag:
 
 
 def _check(train: dict, world_size: int) -> int:
-    """The per-process micro-batch size; bad settings raise before any work."""
-    if train["amp"] not in AMP_MODES:
-        raise ValueError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {train['amp']!r}")
-    for key in ("iters", "batch_size", "accum_steps", "log_interval", "ckpt_interval"):
-        if not isinstance(train[key], int) or train[key] < 1:
-            raise ValueError(f"train.{key} must be a positive integer, got {train[key]!r}")
+    """The per-process micro-batch size; bad settings raise before any work (types and ranges:
+    csfr.configs.schema)."""
     share = world_size * train["accum_steps"]
     if train["batch_size"] % share:
         raise ValueError(f"train.batch_size {train['batch_size']} is not divisible by world size x accum_steps "
@@ -89,6 +85,7 @@ class Trainer:
     def __init__(self, config: dict, work_dir: str | Path, resume: str | None = None, progress: bool = True):
         self.cfg, self.work_dir, self.progress = config, Path(work_dir), progress
         self.train = config["train"]
+        configs.validate(config)
         self.ctx = distributed.init(self.train["device"])
         self.micro_batch = _check(self.train, self.ctx.world_size)
         self.ckpt_dir = self.work_dir / "checkpoints"
@@ -145,6 +142,11 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best = state["iteration"], state["best"]
+        note = resume_note(state["config"]["train"], self.train, self.iteration)
+        if self.ctx.is_main:
+            print(f"resumed from {self.resume_from} at iteration {self.iteration} of {self.train['iters']}")
+            if note:
+                print(note)
         rngs = state["rng"]
         if len(rngs) == self.ctx.world_size:
             checkpoint.set_rng_state(rngs[self.ctx.rank])
@@ -256,6 +258,9 @@ class Trainer:
                         lr = self.optimizer.param_groups[0]["lr"]
                         log.write("train", self.iteration, {**means, "lr": lr}, board_prefix="train")
                         bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.2e}")
+                        if not self.progress and self.ctx.is_main:  # no bar: the log line instead
+                            print(f"iteration {self.iteration}/{iters}: " + ", ".join(
+                                f"{k} {v:.4f}" for k, v in means.items()) + f", lr {lr:.2e}", flush=True)
                         running = {}
                     if self.iteration % self.train["ckpt_interval"] == 0 or self.iteration == iters:
                         self._save()
