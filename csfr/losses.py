@@ -10,27 +10,42 @@ from csfr.ops import cac_terms
 
 
 def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
-    """Nearest-neighbour resize of a [B,H,W] integer label map to `size` (ignore values kept)."""
-    if tuple(labels.shape[-2:]) == tuple(size):
+    """Nearest-neighbour downsampling of a [B,H,W] integer label map to `size` (ignore values kept).
+
+    Labels smaller than `size` in either side raise ValueError: upsampling a coarse label map would
+    invent labels at pixels nobody annotated.
+    """
+    height, width = labels.shape[-2:]
+    if height < size[0] or width < size[1]:
+        raise ValueError(f"labels {height}x{width} are smaller than the features {size[0]}x{size[1]}: labels are "
+                         "nearest-downsampled to the features' size, never upsampled; pass the full-resolution "
+                         "label map (or one at the features' size)")
+    if (height, width) == tuple(size):
         return labels
     return F.interpolate(labels.unsqueeze(1).float(), size=size, mode="nearest").squeeze(1).long()
 
 
-def _check_label_map(labels: Tensor, batch: int, where: str) -> None:
+def _label_map(labels: Tensor, batch: int, where: str) -> Tensor:
+    """The [B, H, W] integer label map; MMSegmentation's [B, 1, H, W] layout is accepted and squeezed."""
+    if isinstance(labels, Tensor) and labels.dim() == 4 and labels.shape[1] == 1:
+        labels = labels[:, 0]
     if not isinstance(labels, Tensor) or labels.dim() != 3:
         shape = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"{where}: labels must be a [B, H, W] label map, got {shape}")
+        raise ValueError(f"{where}: labels must be a [B, H, W] (or [B, 1, H, W]) label map, got {shape}")
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise TypeError(f"{where}: labels must be an integer tensor, got {labels.dtype}")
     if labels.shape[0] != batch:
         raise ValueError(f"{where}: labels batch {labels.shape[0]} != features batch {batch}")
+    return labels
 
 
 class ClassAwareConsistencyLoss(nn.Module):
-    """CAC loss on C-S features [B,D,h,w] against the full-resolution label map [B,H,W].
+    """CAC loss on C-S features [B,D,h,w] against the full-resolution label map [B,H,W]
+    (or MMSegmentation's [B,1,H,W]).
 
-    Labels are nearest-downsampled to h x w, then the fused `cac_loss` operator runs. The
-    result is a dict of the two weighted terms, so a training loop can log them apart.
+    Labels are nearest-downsampled to h x w (labels smaller than the features raise ValueError),
+    then the fused `cac_loss` operator runs. The result is a dict of the two weighted terms, so a
+    training loop can log them apart.
     """
 
     def __init__(self, num_classes: int, delta_v: float = 0.5, delta_d: float = 1.5,
@@ -44,7 +59,7 @@ class ClassAwareConsistencyLoss(nn.Module):
     def forward(self, feats: Tensor, labels: Tensor) -> dict[str, Tensor]:
         if feats.dim() != 4:
             raise ValueError(f"ClassAwareConsistencyLoss: features must be [B, D, h, w], got {tuple(feats.shape)}")
-        _check_label_map(labels, feats.shape[0], "ClassAwareConsistencyLoss")
+        labels = _label_map(labels, feats.shape[0], "ClassAwareConsistencyLoss")
         small = downsample_labels(labels, tuple(feats.shape[-2:]))
         intra, inter = cac_terms(feats, small, self.num_classes, self.delta_v, self.delta_d,
                                  self.ignore_index, self.backend)
@@ -61,14 +76,15 @@ class ClassAwareConsistencyLoss(nn.Module):
 
 
 class SegmentationCrossEntropy(nn.Module):
-    """Pixel-wise cross-entropy; logits are bilinearly resized to the label map if needed."""
+    """Pixel-wise cross-entropy; logits are bilinearly resized to the label map ([B,H,W] or
+    [B,1,H,W]) if needed."""
 
     def __init__(self, ignore_index: int = 255, weight: float = 1.0):
         super().__init__()
         self.ignore_index, self.weight = ignore_index, weight
 
     def forward(self, logits: Tensor, labels: Tensor) -> Tensor:
-        _check_label_map(labels, logits.shape[0], "SegmentationCrossEntropy")
+        labels = _label_map(labels, logits.shape[0], "SegmentationCrossEntropy")
         if tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):
             logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         labels = labels.long()

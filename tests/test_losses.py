@@ -56,3 +56,25 @@ def test_cross_entropy_all_ignored_is_zero_not_nan():
     loss = SegmentationCrossEntropy()(logits, torch.full((1, 4, 4), 255))
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_mmsegmentation_label_layout_b1hw_is_accepted():
+    feats = torch.randn(2, 8, 4, 4)
+    labels = torch.randint(0, 3, (2, 16, 16))
+    labels[0, :4] = 255
+    loss = ClassAwareConsistencyLoss(3, backend="torch")
+    expected = loss(feats, labels)
+    got = loss(feats, labels[:, None])
+    assert got.keys() == expected.keys()
+    for key in got:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+    logits = torch.randn(2, 3, 4, 4)
+    ce = SegmentationCrossEntropy()
+    torch.testing.assert_close(ce(logits, labels[:, None]), ce(logits, labels), rtol=0, atol=0)
+
+
+def test_labels_smaller_than_the_features_are_refused_not_upsampled():
+    with pytest.raises(ValueError, match="labels 4x8 are smaller than the features 6x8"):
+        ClassAwareConsistencyLoss(3)(torch.randn(1, 8, 6, 8), torch.zeros(1, 4, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="smaller than the features"):
+        downsample_labels(torch.zeros(1, 8, 3, dtype=torch.long), (4, 4))
