@@ -44,14 +44,21 @@ def scores(cm: torch.Tensor | np.ndarray, class_names: list[str] | tuple[str, ..
 
 
 def table(result: dict) -> str:
-    """The per-class scores and the summary as a fixed-width text table."""
-    width = max(len(name) for name in result["per_class"]) if result["per_class"] else 5
+    """The summary and the per-class scores of the classes present (in the ground truth or the
+    predictions) as a fixed-width text table; the absent classes, which have no score and are
+    left out of the means, are counted in one line instead of a row of nan each."""
+    present = {name: s for name, s in result["per_class"].items() if s["IoU"] is not None or s["Acc"] is not None}
+    width = max([5, *map(len, present)])
 
     def fmt(value):
         return "   nan" if value is None else f"{value:6.2f}"
 
     lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
-    lines += [f"{name:<{width}}  {fmt(s['IoU'])}  {fmt(s['Acc'])}" for name, s in result["per_class"].items()]
-    lines += ["-" * (width + 16),
-              f"mIoU {fmt(result['mIoU'])}   mAcc {fmt(result['mAcc'])}   aAcc {fmt(result['aAcc'])}"]
+    lines += [f"{name:<{width}}  {fmt(s['IoU'])}  {fmt(s['Acc'])}" for name, s in present.items()]
+    lines += ["-" * (width + 16)]
+    absent = len(result["per_class"]) - len(present)
+    if absent:
+        lines.append(f"{absent} of {len(result['per_class'])} classes absent from the ground truth and the "
+                     "predictions (not shown, not in the means)")
+    lines += [f"mIoU {fmt(result['mIoU'])}   mAcc {fmt(result['mAcc'])}   aAcc {fmt(result['aAcc'])}"]
     return "\n".join(lines)
