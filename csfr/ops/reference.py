@@ -119,4 +119,5 @@ def cac_loss_pairwise(feats: Tensor, labels: Tensor, num_classes: int,
 def gated_blend(x: Tensor, s: Tensor, g: Tensor) -> Tensor:
     """z = x + sigmoid(g) * (s - x); g broadcasts to x (per pixel, per channel or full)."""
     gate = torch.sigmoid(_acc(g))
-    return (_acc(x) + gate * (_acc(s) - _acc(x))).to(x.dtype)
+    xf = _acc(x)  # cast once: dx is summed in fp32 and rounded once, not as two rounded halves
+    return (xf + gate * (_acc(s) - xf)).to(x.dtype)
