@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"checkpoint {args.checkpoint} was not written by csfr.train (no model/config entries)")
     config = cli.resolve(args, base=state["config"])
     config["model"]["pretrained"] = None  # the checkpoint holds every weight
+    if args.format == "cityscapes" and config["data"]["dataset"] != "cityscapes":
+        raise ValueError(f"--format cityscapes writes Cityscapes label ids and needs the cityscapes dataset, but "
+                         f"the config's data.dataset is {config['data']['dataset']!r}; use --format color")
     ev = config["eval"]
     ev.update({k: v for k, v in (("mode", args.mode), ("scales", args.scales)) if v is not None})
     ev["flip"] = ev["flip"] or args.flip
