@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_data_cityscapes import OFFICIAL
 
 from csfr import configs
 from csfr.data.transforms import normalize
@@ -13,7 +14,6 @@ from csfr.engine import checkpoint
 from csfr.engine.builders import build_model
 from csfr.engine.trainer import Trainer
 from csfr.evaluate import main as evaluate_main
-from test_data_cityscapes import OFFICIAL
 
 pytestmark = pytest.mark.filterwarnings("ignore::csfr.data.DatasetCountWarning")
 SIZE = (24, 40)
