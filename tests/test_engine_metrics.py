@@ -44,24 +44,45 @@ def test_empty_matrix_gives_no_scores():
     assert "nan" in table(result)
 
 
-def test_matrix_matches_a_per_pixel_count_on_random_maps():
+@pytest.mark.parametrize("ignore_index", [255, -1, 0])
+def test_matrix_matches_a_per_pixel_count_on_random_maps(ignore_index):
     gen = torch.Generator().manual_seed(0)
     label = torch.randint(0, 5, (2, 17, 13), generator=gen)
-    label[torch.rand(2, 17, 13, generator=gen) < 0.2] = 255
+    label[torch.rand(2, 17, 13, generator=gen) < 0.2] = ignore_index
     pred = torch.randint(0, 5, (2, 17, 13), generator=gen)
-    cm = confusion_matrix(pred, label, 5)
+    cm = confusion_matrix(pred, label, 5, ignore_index)
     expected = np.zeros((5, 5), np.int64)
     for t, p in zip(label.flatten().tolist(), pred.flatten().tolist()):
-        if t != 255:
+        if t != ignore_index:
             expected[t, p] += 1
     assert (cm.numpy() == expected).all()
     assert math.isclose(scores(cm, list("abcde"))["aAcc"], 100 * np.trace(expected) / expected.sum(), abs_tol=1e-3)
 
 
-def test_bad_label_value_and_shape_are_named():
-    with pytest.raises(ValueError, match="label value 7"):
-        confusion_matrix(torch.zeros(2, 2, dtype=torch.long), torch.full((2, 2), 7), 3)
-    with pytest.raises(ValueError, match="differ in shape"):
+@pytest.mark.parametrize("value", [3, 7, -1])
+def test_label_outside_the_classes_is_named_before_counting(value):
+    """A label equal to num_classes must not fall into the next row's counts or a reshape error."""
+    label = torch.zeros(2, 2, dtype=torch.long)
+    label[1, 0] = value
+    with pytest.raises(ValueError, match=rf"label value {value} is neither in \[0, 3\) nor ignore_index 255"):
+        confusion_matrix(torch.zeros(2, 2, dtype=torch.long), label, 3)
+
+
+@pytest.mark.parametrize("value", [3, 4, -1])
+def test_prediction_outside_the_classes_is_named(value):
+    pred = torch.zeros(2, 2, dtype=torch.long)
+    pred[0, 1] = value
+    with pytest.raises(ValueError, match=rf"predicted class {value} is outside \[0, 3\)"):
+        confusion_matrix(pred, torch.zeros(2, 2, dtype=torch.long), 3)
+
+
+def test_prediction_at_an_ignored_pixel_is_neither_counted_nor_checked():
+    label = torch.tensor([[0, 255]])
+    assert confusion_matrix(torch.tensor([[1, 9]]), label, 2).tolist() == [[0, 1], [0, 0]]
+
+
+def test_shape_mismatch_is_named():
+    with pytest.raises(ValueError, match=r"prediction \(2, 3\) and label \(2, 2\) differ in shape"):
         confusion_matrix(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long), 3)
 
 

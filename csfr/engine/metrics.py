@@ -6,6 +6,13 @@ import numpy as np
 import torch
 
 
+def _first_outside(values: torch.Tensor, num_classes: int) -> int | None:
+    """The first value outside [0, num_classes), or None (checked before counting: a value equal to
+    num_classes would otherwise land in the next row's counts or break the reshape)."""
+    outside = (values < 0) | (values >= num_classes)
+    return int(values[outside][0]) if bool(outside.any()) else None
+
+
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
                      ignore_index: int = 255) -> torch.Tensor:
     """[K, K] int64 counts, rows = ground truth, columns = prediction; ignore pixels are left out."""
@@ -13,9 +20,12 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
         raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape")
     valid = label != ignore_index
     truth, guess = label[valid].long(), pred[valid].long()
-    if truth.numel() and (int(truth.min()) < 0 or int(truth.max()) >= num_classes):
-        bad = truth[(truth < 0) | (truth >= num_classes)][0].item()
+    bad = _first_outside(truth, num_classes)
+    if bad is not None:
         raise ValueError(f"label value {bad} is neither in [0, {num_classes}) nor ignore_index {ignore_index}")
+    bad = _first_outside(guess, num_classes)
+    if bad is not None:
+        raise ValueError(f"predicted class {bad} is outside [0, {num_classes})")
     flat = torch.bincount(truth * num_classes + guess, minlength=num_classes * num_classes)
     return flat.reshape(num_classes, num_classes)
 
