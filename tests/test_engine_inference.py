@@ -1,6 +1,7 @@
 """Whole, sliding-window, multi-scale and flipped inference."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from csfr.engine.inference import _windows, predict, slide_logits
@@ -45,3 +46,34 @@ def test_predict_averages_probabilities_at_the_label_size():
                     stride=(6, 6))
     assert multi.shape == (1, 4, 32, 32)
     assert torch.allclose(multi.sum(1), torch.ones(1, 32, 32), atol=1e-5)
+
+
+class Lopsided(nn.Module):
+    """A 3x3 convolution with random weights plus a left-to-right ramp: neither flip- nor scale-equivariant,
+    so skipping the resize or mirroring along the wrong axis changes its test-time-augmented output."""
+
+    def __init__(self, k=4):
+        super().__init__()
+        self.conv = nn.Conv2d(3, k, 3, padding=1)
+
+    def forward(self, x):
+        ramp = torch.linspace(0, 1, x.shape[-1]).expand(x.shape[-2], -1)
+        return self.conv(x) + ramp * torch.arange(self.conv.out_channels).view(1, -1, 1, 1)
+
+
+def test_multi_scale_flip_equals_the_mean_over_hand_built_views():
+    torch.manual_seed(0)
+    model, image = Lopsided().eval(), torch.randn(2, 3, 16, 12)
+    out = (20, 15)
+
+    def view(size, mirrored):
+        x = F.interpolate(image, size, mode="bilinear", align_corners=False) if size != (16, 12) else image
+        logits = model(torch.flip(x, dims=[3])).flip(3) if mirrored else model(x)
+        return F.interpolate(logits, out, mode="bilinear", align_corners=False).softmax(1)
+
+    views = [view(size, mirrored) for size in [(8, 6), (16, 12), (24, 18)] for mirrored in (False, True)]
+    expected = torch.stack(views).mean(0)
+    got = predict(model, image, out, scales=(0.5, 1.0, 1.5), flip=True)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    # the augmented views really differ from each other, so each one is checked above
+    assert (views[0] - views[2]).abs().max() > 1e-2 and (views[2] - views[3]).abs().max() > 1e-2
