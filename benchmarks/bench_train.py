@@ -24,7 +24,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from csfr import configs
 from csfr.data import collate
@@ -35,6 +34,7 @@ from csfr.profiling import device_description, median_ms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ops import write_section  # benchmarks/ is a folder of scripts, not a package
+from features import feature_report
 
 
 def baseline_name(name: str) -> str:
@@ -43,31 +43,9 @@ def baseline_name(name: str) -> str:
     return rest if rest.split("_")[0] in ("deeplabv3", "pspnet") else f"fcn_{rest}"
 
 
-@torch.no_grad()
 def separability(model, dataset, device) -> float:
     """Mean inter-centroid distance / mean intra-class RMS spread of model.features over `dataset`."""
-    model.eval()
-    k = dataset.num_classes
-    sums = counts = squares = None
-    for i in range(len(dataset)):
-        item = collate([dataset[i]])
-        feats = model.features(item["image"].to(device)).float()
-        labels = F.interpolate(item["label"][:, None].float(), feats.shape[-2:], mode="nearest").long().flatten()
-        rows = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).cpu()
-        keep = labels != dataset.ignore_index
-        rows, labels = rows[keep], labels[keep]
-        if sums is None:
-            sums, counts, squares = torch.zeros(k, rows.shape[1]), torch.zeros(k), torch.zeros(k)
-        sums.index_add_(0, labels, rows)
-        counts.index_add_(0, labels, torch.ones(len(labels)))
-        squares.index_add_(0, labels, (rows * rows).sum(1))
-    present = counts > 0
-    mu = sums[present] / counts[present, None]
-    spread = (squares[present] / counts[present] - (mu * mu).sum(1)).clamp_min(0).sqrt()
-    distances = torch.cdist(mu, mu)
-    n = len(mu)
-    inter = distances.sum() / (n * (n - 1))
-    return float(inter / spread.mean())
+    return feature_report(model, dataset, device)["classifier input"]["separability"]
 
 
 def step_ms(config: dict, device: torch.device, repeat: int) -> float:

@@ -1,5 +1,7 @@
 """The synthetic scenes: deterministic, any size, and not solvable from colour alone."""
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -44,3 +46,49 @@ def test_colour_alone_is_ambiguous_within_a_class_pair():
     assert pair_accuracy > 0.75  # colour does tell the pairs apart
     assert within_pair < 0.6  # but inside a pair it is close to a coin flip
     assert np.mean(guess == label) < 0.6  # so per-pixel colour cannot reach high accuracy
+
+
+def test_default_scenes_are_unchanged_by_the_modes_option():
+    """Digest of scenes drawn before the "modes" option existed: the default must not move."""
+    digest = hashlib.sha256()
+    for split in ("train", "val"):
+        ds = SyntheticScenes(split, 5, (40, 56), seed=7)
+        for i in range(3):
+            image, label = ds.scene(i)
+            digest.update(image.tobytes())
+            digest.update(label.tobytes())
+    assert digest.hexdigest()[:16] == "29f630fb408a0551"
+    a, b = SyntheticScenes("val", 5, 40, seed=7), SyntheticScenes("val", 5, 40, seed=7, scenes="modes")
+    assert np.array_equal(a[1]["label"], b[1]["label"])  # same layouts, other looks
+    assert not np.array_equal(a[1]["image"], b[1]["image"])
+    with pytest.raises(ValueError, match="unknown scenes 'blobs'; valid: pairs, modes"):
+        SyntheticScenes("train", scenes="blobs")
+
+
+def colour_spread(ds, indices):
+    """(mean intra-class RMS colour spread, mean distance between class mean colours) over pixels."""
+    colour = np.concatenate([ds[i]["image"].reshape(-1, 3) for i in indices]).astype(np.float64)
+    label = np.concatenate([ds[i]["label"].ravel() for i in indices])
+    means = np.stack([colour[label == k].mean(0) for k in range(ds.num_classes)])
+    spread = np.mean([np.sqrt(((colour[label == k] - means[k]) ** 2).sum(1).mean()) for k in range(ds.num_classes)])
+    inter = np.linalg.norm(means[:, None] - means[None], axis=-1).sum() / (ds.num_classes * (ds.num_classes - 1))
+    return spread, inter
+
+
+def test_modes_give_each_class_several_looks_and_keep_pairs_confusable():
+    pairs = SyntheticScenes("train", num_classes=8, size=64, length=40)
+    modes = SyntheticScenes("train", num_classes=8, size=64, length=40, scenes="modes")
+    (spread_p, inter_p), (spread_m, inter_m) = colour_spread(pairs, range(40)), colour_spread(modes, range(40))
+    assert spread_m > 1.5 * spread_p  # three hues per class: much larger intra-class variation
+    assert inter_m / spread_m < 0.5 * inter_p / spread_p  # class mean colours no longer stand apart
+    fit_colour, fit_label = colours_and_labels(modes, range(20))
+    table = np.zeros((4096, 8), np.int64)
+    np.add.at(table, (fit_colour, fit_label), 1)
+    colour, label = colours_and_labels(modes, range(20, 40))
+    guess = table.argmax(1)[colour]
+    same_pair = guess // 2 == label // 2
+    assert np.mean(guess[same_pair] == label[same_pair]) < 0.6  # members share colours mode by mode
+    degrees = np.round(np.degrees(modes._angle)).astype(int) % 180  # [class, mode] stripe orientation
+    for k in range(8):
+        assert len(set(degrees[k])) == 3 and set((180 - degrees[k]) % 180) == set(degrees[k])  # flips keep them
+        assert set(degrees[k]).isdisjoint(degrees[k ^ 1])  # the pair partner is 30 degrees off

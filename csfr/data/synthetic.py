@@ -6,8 +6,15 @@ per-pixel noise) and the same two brightness levels in equal shares, so a per-pi
 classifier is at chance inside a pair. The pair members differ only in texture: stripes at the
 pair's angle versus a checkerboard (even pairs) or stripes at the orthogonal angle (odd pairs).
 An odd last class has a colour of its own and a binary-noise texture. The class look (colours, textures) is
-fixed by `num_classes` alone, so train and val share it whatever the seeds; a scene's layout
-depends on (seed, split, index) only.
+fixed by `num_classes` (and `scenes`) alone, so train and val share it whatever the seeds; a scene's
+layout depends on (seed, split, index) only.
+
+`scenes="modes"` gives every class three appearance modes, one drawn per region: the mode sets the
+colour (the pair's three hues, 120 degrees apart), the stripe period (5, 8 or 12 px) and the stripe
+orientation. Pair members share colours and periods mode by mode and differ only in orientation
+(0/60/120 versus 30/90/150 degrees, sets that horizontal flips keep), so each class is three
+far-apart clusters of appearance and the two members of a pair are a 30-degree rotation apart: large
+intra-class variation and confusable classes, what the CAC loss targets (docs/study.md).
 """
 
 from __future__ import annotations
@@ -22,20 +29,26 @@ _STREAM = 0x5CE7E  # keeps scene generators apart from the augmentation streams 
 _SPLIT_IDS = {"train": 1, "val": 2}
 _DEFAULT_LENGTH = {"train": 2000, "val": 200}
 STRIPES, CHECKER, NOISE = 0, 1, 2
+SCENES = ("pairs", "modes")
+_MODE_PERIODS = (5.0, 8.0, 12.0)  # stripe periods (px) of the three modes, rotated per pair
 
 
 class SyntheticScenes(SegmentationDataset):
     """`num_classes` textured classes on `size` (int or (H, W)) images; `length` items per split
-    (default 2000 train / 200 val). `root` is accepted for `build_dataset` and ignored."""
+    (default 2000 train / 200 val); `scenes` "pairs" (one look per class) or "modes" (three looks
+    per class, see the module docstring). `root` is accepted for `build_dataset` and ignored."""
 
     name = "synthetic"
     splits = ("train", "val")
 
     def __init__(self, split: str = "train", num_classes: int = 8, size: int | tuple[int, int] = 128,
-                 length: int | None = None, seed: int = 0, transform=None, root=None):
+                 length: int | None = None, seed: int = 0, transform=None, root=None, scenes: str = "pairs"):
         super().__init__(split, transform, seed)
         if num_classes < 2:
             raise ValueError(f"synthetic: num_classes must be >= 2, got {num_classes}")
+        if scenes not in SCENES:
+            raise ValueError(f"synthetic: unknown scenes {scenes!r}; valid: {', '.join(SCENES)}")
+        self.scenes = scenes
         self.num_classes = num_classes
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.length = _DEFAULT_LENGTH[split] if length is None else int(length)
@@ -50,9 +63,26 @@ class SyntheticScenes(SegmentationDataset):
         self._freq = (2 * np.pi / (6.0 + 2.0 * (pairs % 3))).astype(np.float32)  # periods 6, 8, 10 px
         if num_classes % 2:
             self._texture[-1] = NOISE
+        if scenes == "modes":
+            self._modes_look(pairs, member)
+        else:  # one mode per class: [K, 1] tables
+            self._colour, self._texture = self._colour[:, None], self._texture[:, None]
+            self._angle, self._freq = self._angle[:, None], self._freq[:, None]
         self.class_names = tuple(
-            f"pair{p}_" + {CHECKER: "checker", NOISE: "noise"}.get(t, f"stripes{round(np.degrees(a)) % 180}")
+            f"pair{p}_" + {CHECKER: "checker", NOISE: "noise"}.get(
+                t[0], "stripes" + "-".join(str(round(np.degrees(x)) % 180) for x in a))
             for p, t, a in zip(pairs, self._texture, self._angle))
+
+    def _modes_look(self, pairs: np.ndarray, member: np.ndarray) -> None:
+        """[K, 3] look tables of the "modes" scenes: per (class, mode) a colour, period and angle."""
+        modes = np.arange(len(_MODE_PERIODS))
+        hues = (pairs[:, None] * 0.618034 + modes / 3) % 1.0
+        values = np.array([0.85, 0.65, 0.95])[modes]
+        self._colour = np.array([[colorsys.hsv_to_rgb(h, 0.55, v) for h, v in zip(row, values)] for row in hues],
+                                np.float32) * 255
+        self._freq = (2 * np.pi / np.array(_MODE_PERIODS, np.float32)[(pairs[:, None] + modes) % 3]).astype(np.float32)
+        self._angle = np.radians(60.0 * modes + 30.0 * member[:, None]).astype(np.float32)
+        self._texture = np.where(self._texture[:, None] == NOISE, NOISE, STRIPES).repeat(len(modes), 1)
 
     def __len__(self) -> int:
         return self.length
@@ -75,14 +105,17 @@ class SyntheticScenes(SegmentationDataset):
         label = classes[region]
         # Texture: binary pattern (equal shares of 0 and 1) with a random phase per region.
         offset = rng.uniform(0, 2 * np.pi, (2, n)).astype(np.float32)[:, region]
-        freq, angle, texture = self._freq[label], self._angle[label], self._texture[label]
+        # the region's appearance mode (always 0 for "pairs", whose stream draws nothing for it)
+        mode = (rng.integers(0, self._angle.shape[1], n) if self._angle.shape[1] > 1 else np.zeros(n, int))[region]
+        look = (label, mode)
+        freq, angle, texture = self._freq[look], self._angle[look], self._texture[look]
         stripes = np.sin((x * np.cos(angle) + y * np.sin(angle)) * freq + offset[0]) > 0
         checker = np.sin(x * freq + offset[0]) * np.sin(y * freq + offset[1]) > 0
         pattern = np.where(texture == CHECKER, checker, stripes)
         noise = texture == NOISE
         pattern[noise] = rng.integers(0, 2, int(noise.sum()), dtype=bool)
         # Colour: the pair's colour, jittered per region, two brightness levels, per-pixel noise.
-        colour = self._colour[label] + rng.normal(0, 12, (n, 3)).astype(np.float32)[region]
+        colour = self._colour[look] + rng.normal(0, 12, (n, 3)).astype(np.float32)[region]
         image = colour * (0.6 + 0.4 * pattern.astype(np.float32))[..., None]
         image += rng.standard_normal((h, w, 3), np.float32) * 6
         return np.clip(image, 0, 255).astype(np.uint8), label.astype(np.int64)

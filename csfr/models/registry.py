@@ -10,7 +10,7 @@ from __future__ import annotations
 from numbers import Real
 from typing import Any
 
-from csfr.models.csfr import CSFRHead, check_gate
+from csfr.models.csfr import CSFRHead, check_aam_input, check_gate
 from csfr.models.heads import HEADS
 from csfr.models.layers import norm_layer
 from csfr.models.resnet import DEPTHS, ResNet
@@ -34,7 +34,10 @@ DEFAULTS = {
     "backend": "auto",           # kernel backend of the csfr ops
     "csfr_dim": 512,             # channels D of the C-S features
     "csflm_convs": 2,
-    "gate": "pixel_channel",     # AAM gate: "pixel_channel", "pixel" or "channel"
+    "gate": "pixel_channel",     # AAM gate: "pixel_channel", "pixel", "channel" or "fixed" (no learned gate)
+    "aam_fuses": "head",         # AAM fuses S with the head features X ("head") or stage 4 ("backbone")
+    "cac_projection": 0,         # CAC on S (0) or on a 1x1 linear projection of S to this many channels
+    "cac_normalize": False,      # CAC on per-pixel L2-normalised features
     "delta_v": 0.5,
     "delta_d": 1.5,
     "w_intra": 1.0,
@@ -76,6 +79,10 @@ def _check_options(o: dict[str, Any]) -> None:
     """Raise naming the first invalid head, loss or weight option (the backbone checks its own)."""
     for key in ("head_channels", "csfr_dim", "csflm_convs"):
         _check_number(key, o[key], 1, integer=True)
+    _check_number("cac_projection", o["cac_projection"], 0, integer=True)
+    if not isinstance(o["cac_normalize"], bool):
+        raise TypeError(f"option cac_normalize must be true or false, got {o['cac_normalize']!r}")
+    check_aam_input(o["aam_fuses"])
     for key in ("aux_weight", "delta_v", "delta_d", "w_intra", "w_inter"):
         _check_number(key, o[key], 0)
     _check_number("dropout", o["dropout"], 0, below=1)
@@ -108,7 +115,8 @@ def build(name: str, num_classes: int, **options: Any) -> Segmentor:
                             norm=o["norm"])
     if csfr:
         head = CSFRHead(head, num_classes, o["csfr_dim"], o["gate"], o["csflm_convs"], o["delta_v"], o["delta_d"],
-                        o["w_intra"], o["w_inter"], o["ignore_index"], o["norm"], o["backend"])
+                        o["w_intra"], o["w_inter"], o["ignore_index"], o["norm"], o["backend"], o["aam_fuses"],
+                        backbone.stage4_channels, o["cac_projection"], o["cac_normalize"])
     model = Segmentor(backbone, head, num_classes, o["aux_weight"], o["dropout"], o["ignore_index"], o["norm"])
     model.pretrained_report = report
     return model

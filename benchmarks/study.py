@@ -1,0 +1,327 @@
+"""Paired study of CSFR against its baseline on the synthetic scenes: the paper's ablation and the
+choices it leaves open, each arm against the same baseline runs (docs/study.md).
+
+Pairing: for a seed, every arm trains on the same scenes (the seed draws them), in the same data
+order (the sampler's stream depends on the seed only), from the same initial weights of the layers
+it shares with the baseline (backbone, baseline head, classifier, auxiliary head: copied from the
+baseline built under that seed), with the torch RNG reseeded after that copy. The table reports,
+per arm, the mean paired difference to the baseline over the seeds both finished, with a 95 %
+Student-t interval, and the separability of the classifier's input and of S.
+
+Resumable: each run's result is written (atomically) as `result.json` in its own folder as soon as
+it finishes; a rerun skips finished runs and resumes an interrupted one from its last checkpoint.
+Runs shared by several tables (the baseline, the default CSFR) are trained once.
+
+    python benchmarks/study.py main --scenes pairs modes --seeds 0 1 2 3 4 5
+    python benchmarks/study.py ablation --head fcn --scenes pairs modes --seeds 0 1 2 3 4 5
+    python benchmarks/study.py cac_weight --scenes modes --seeds 0 1 2 3 4 5
+    python benchmarks/study.py main --scenes modes --seeds 0 1 2 3 4 5 --report-only   # tables from finished runs
+    python benchmarks/study.py main --scenes pairs modes --seeds 0 --pictures           # PCA figures (seed 0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from scipy import stats
+from tqdm import tqdm
+
+from csfr import configs
+from csfr.engine.builders import build_model
+from csfr.engine.trainer import Trainer
+from csfr.profiling import device_description
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ops import write_section  # benchmarks/ is a folder of scripts, not a package
+from features import feature_report, plot_panels
+
+# head -> (baseline model, CSFR model on that head)
+HEADS = {"fcn": ("fcn_r50_d8", "csfr_r50_d8"), "deeplabv3": ("deeplabv3_r50_d8", "csfr_deeplabv3_r50_d8"),
+         "pspnet": ("pspnet_r50_d8", "csfr_pspnet_r50_d8")}
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One row of a table: the baseline, or CSFR with model options set on top of the preset's."""
+
+    label: str
+    csfr: bool
+    options: tuple[tuple[str, object], ...] = ()
+
+
+BASELINE = Arm("baseline", False)
+CSFR = Arm("CSFR (preset)", True)
+
+
+def _weight(w: float) -> Arm:
+    return Arm(f"CAC weight {w:g}", True, (("w_intra", w), ("w_inter", w)))
+
+
+TABLES: dict[str, list[Arm]] = {
+    "main": [BASELINE, CSFR],
+    "ablation": [BASELINE, Arm("+ CSFLM with CAC (fixed 0.5 blend)", True, (("gate", "fixed"),)),
+                 Arm("+ AAM without CAC (weight 0)", True, (("w_intra", 0.0), ("w_inter", 0.0))),
+                 Arm("full CSFR", True)],
+    "cac_weight": [BASELINE, *(_weight(w) for w in (0.01, 0.03, 0.1, 0.3, 1.0))],
+    "margins": [BASELINE, *(Arm(f"margins x{m:g} (delta_v {0.5 * m:g}, delta_d {1.5 * m:g})", True,
+                                (("delta_v", 0.5 * m), ("delta_d", 1.5 * m))) for m in (0.25, 1, 4))],
+    "cac_space": [BASELINE, Arm("CAC on raw S", True),
+                  Arm("CAC on L2-normalised S (delta_v 0.1, delta_d 0.5)", True,
+                      (("cac_normalize", True), ("delta_v", 0.1), ("delta_d", 0.5))),
+                  Arm("CAC on a 16-channel projection of S", True, (("cac_projection", 16),))],
+    "dim": [BASELINE, *(Arm(f"C-S dimension {d}", True, (("csfr_dim", d),)) for d in (16, 32, 64, 128))],
+    "gate": [BASELINE, *(Arm(f"gate {g}", True, (("gate", g),)) for g in ("pixel_channel", "pixel", "channel",
+                                                                             "fixed"))],
+    "aam_input": [BASELINE, Arm("AAM fuses S with the head features X", True, (("aam_fuses", "head"),)),
+                  Arm("AAM fuses S with stage-4 features", True, (("aam_fuses", "backbone"),))],
+}
+
+
+# The study's reference CSFR: the synthetic preset's CAC weight when the study was run, pinned so
+# that a later change of the preset does not change what the stored runs mean.
+PINNED = ["model.options.w_intra=0.1", "model.options.w_inter=0.1"]
+COMPARED = ("model", "data", "train", "eval")  # the config sections a stored run must match
+
+
+def run_config(args, scenes: str, arm: Arm, seed: int) -> dict:
+    """The resolved config of one run: the preset, the study's settings, the arm's model options."""
+    baseline, csfr = HEADS[args.head]
+    iters = args.iters
+    study = [*PINNED, f"data.options.scenes={scenes}", f"train.iters={iters}", f"train.seed={seed}",
+             f"train.val_interval={max(iters // args.curve_points, 1)}", f"train.ckpt_interval={iters // 4 or 1}",
+             "eval.save_predictions=0", f"model.name={csfr if arm.csfr else baseline}"]
+    options = [f"model.options.{k}={json.dumps(v)}" for k, v in arm.options]
+    return configs.resolve(args.config, [*args.overrides, *study, *options])
+
+
+def run_dir(args, config: dict, scenes: str, seed: int) -> Path:
+    """runs/study/<scenes>_it<iters>[_<hash of --set>]/<model>[+option=value...]/seed<N>: an arm's
+    options that equal the study's reference name the same run (CAC weight 0.1 *is* its CSFR)."""
+    preset = configs.resolve(args.config, [*args.overrides, *PINNED])["model"]["options"]
+    model = config["model"]
+    changed = sorted((k, v) for k, v in model["options"].items() if preset.get(k) != v)
+    name = model["name"] + "".join(f"+{k}={v}" for k, v in changed)
+    group = f"{scenes}_it{args.iters}"
+    if args.overrides:
+        group += "_" + hashlib.sha1(" ".join(args.overrides).encode()).hexdigest()[:8]
+    return args.work_dir / group / name / f"seed{seed}"
+
+
+@torch.no_grad()
+def share_initialisation(model, config: dict, num_classes: int, seed: int) -> int:
+    """Copies the initial weights of the baseline built under `seed` into every layer `model`
+    shares with it (CSFR keeps the baseline head as head.head); reseeds torch. Returns the count."""
+    baseline = HEADS_BY_CSFR.get(config["model"]["name"], config["model"]["name"])
+    torch.manual_seed(seed)
+    reference = build_model({**config, "model": {**config["model"], "name": baseline}}, num_classes).state_dict()
+    copied = 0
+    for key, tensor in model.state_dict().items():
+        source = key.replace("head.head.", "head.", 1) if model.is_csfr else key
+        if source in reference and reference[source].shape == tensor.shape:
+            tensor.copy_(reference[source])
+            copied += 1
+    torch.manual_seed(seed)
+    return copied
+
+
+HEADS_BY_CSFR = {csfr: baseline for baseline, csfr in HEADS.values()}
+
+
+def curve(work_dir: Path) -> list[list[float]]:
+    """[[iteration, mIoU], ...] of the run's validations (the last record per iteration)."""
+    points = {}
+    for line in (work_dir / "log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record["event"] == "val":
+            points[record["iteration"]] = record["mIoU"]
+    return [[it, points[it]] for it in sorted(points)]
+
+
+def write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def train_one(args, config: dict, folder: Path, progress: bool) -> dict:
+    """Trains (or resumes) one run and returns its result record, also saved as folder/result.json."""
+    resume = "auto" if any((folder / "checkpoints").glob("iter_*.pt")) else None
+    trainer = Trainer(config, folder, resume=resume, progress=progress)
+    copied = None
+    if trainer.iteration == 0:
+        copied = share_initialisation(trainer.model, config, trainer.train_set.num_classes, config["train"]["seed"])
+    start = time.perf_counter()
+    result = trainer.run()
+    wall = time.perf_counter() - start
+    features = feature_report(trainer.model, trainer.val_set, trainer.ctx.device)
+    record = {"model": config["model"]["name"], "options": config["model"]["options"],
+              "scenes": config["data"]["options"]["scenes"], "seed": config["train"]["seed"],
+              "iters": config["train"]["iters"], "mIoU": result["scores"]["mIoU"], "best": result["best"],
+              "curve": curve(folder), "separability": {k: v["separability"] for k, v in features.items()},
+              "wall_s": round(wall, 1), "resumed": resume is not None, "shared_tensors": copied,
+              "machine": device_description(trainer.ctx.device), "date": datetime.datetime.now(
+                  datetime.timezone.utc).isoformat(timespec="minutes"), "config": config}
+    write_json(folder / "result.json", record)
+    return record
+
+
+def load_result(folder: Path, config: dict) -> dict | None:
+    """The finished run's record, or None; a record trained from another config raises."""
+    path = folder / "result.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if any(record["config"][key] != config[key] for key in COMPARED):
+        raise SystemExit(f"{path} was trained with another config; move the folder away to retrain it")
+    return record
+
+
+def paired(values: dict[int, float], base: dict[int, float]) -> tuple[int, float, float]:
+    """(n, mean, 95 % t half-width) of value - baseline over the seeds both have."""
+    diffs = [values[s] - base[s] for s in values if s in base]
+    n = len(diffs)
+    if n == 0:
+        return 0, math.nan, math.nan
+    mean = sum(diffs) / n
+    if n == 1:
+        return 1, mean, math.nan
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    return n, mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, dict]]) -> tuple[str, str]:
+    """(title, markdown) of one table and scene kind from the finished runs."""
+    title = f"Study: {table}, {args.head} head, {scenes} scenes, {args.iters} iterations"
+    base = {s: r["mIoU"] for s, r in results[BASELINE].items()}
+    lines = [f"## {title}", "",
+             (f"Command: `python benchmarks/study.py {table} --head {args.head} --scenes {scenes} --iters {args.iters} "
+             f"--seeds {' '.join(map(str, args.seeds))}{''.join(' --set ' + o for o in args.overrides)}`. "
+             "Δ = arm − baseline, paired by seed, mean with its 95 % t interval (n = seeds both finished). "
+             "Separability = mean inter-centroid distance / mean intra-class RMS spread on the validation "
+             "scenes. Wall time per run on a shared machine (other jobs running): an upper bound."), "",
+             "| arm | n | mIoU (mean ± sd) | Δ mIoU [95 % CI] | sep. classifier input | sep. S | min / run |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for arm, runs in results.items():
+        values = {s: r["mIoU"] for s, r in runs.items()}
+        n, mean, half = paired(values, base)
+        delta = "-" if arm == BASELINE or n == 0 else (
+            f"{mean:+.2f}" + ("" if math.isnan(half) else f" [{mean - half:+.2f}, {mean + half:+.2f}]"))
+        sep_x = _mean_sd([r["separability"]["classifier input"] for r in runs.values()])
+        sep_s = _mean_sd([r["separability"]["S"] for r in runs.values() if "S" in r["separability"]])
+        minutes = _mean_sd([r["wall_s"] / 60 for r in runs.values()]).split(" ±")[0]
+        lines.append(f"| {arm.label} | {len(runs)} | {_mean_sd(list(values.values()))} | {delta} | {sep_x} | "
+                     f"{sep_s} | {minutes} |")
+    if results.get(BASELINE):
+        curves = [r["curve"] for r in results[BASELINE].values()]
+        its = [it for it, _ in curves[0]]
+        means = [sum(c[i][1] for c in curves if len(c) > i) / sum(len(c) > i for c in curves) for i in range(len(its))]
+        lines += ["", "Baseline validation mIoU during training (mean over its seeds; poly learning rate to 0):", "",
+                  "| iteration | " + " | ".join(map(str, its)) + " |", "|---" * (len(its) + 1) + "|",
+                  "| mIoU | " + " | ".join(f"{m:.1f}" for m in means) + " |"]
+    return title, "\n".join(lines) + "\n"
+
+
+def pictures(args, scenes: str, seed: int) -> Path:
+    """PCA of a sample of validation pixel features, baseline vs CSFR (preset), from finished runs."""
+    panels, dataset = [], None
+    for arm in (BASELINE, CSFR):
+        config = run_config(args, scenes, arm, seed)
+        folder = run_dir(args, config, scenes, seed)
+        if load_result(folder, config) is None:
+            raise SystemExit(f"--pictures: {folder} has not finished; train it first")
+        trainer = Trainer(config, folder, resume=str(folder / "checkpoints" / f"iter_{args.iters:06d}.pt"),
+                          progress=False)
+        dataset = trainer.val_set
+        report = feature_report(trainer.model, dataset, trainer.ctx.device, sample_per_class=300, seed=seed)
+        for name, item in report.items():
+            rows, labels = item["sample"]
+            panels.append((f"{arm.label.split(' (')[0]}: {name}\nseparability {item['separability']:.2f}", rows, labels))
+    path = args.pictures_dir / f"study_features_{scenes}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    plot_panels(panels, dataset.class_names, dataset.palette, path)
+    return path
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("table", choices=sorted(TABLES), help="which comparison: " + "; ".join(
+        f"{name}: {', '.join(a.label for a in arms)}" for name, arms in TABLES.items()))
+    p.add_argument("--head", default="fcn", choices=sorted(HEADS), help="baseline head of every arm (default fcn)")
+    p.add_argument("--scenes", nargs="+", default=["pairs", "modes"], choices=["pairs", "modes"],
+                   help="synthetic scene kinds, one table each (default both)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5],
+                   help="seeds; each draws the scenes, the data order and the shared initialisation (default 0-5)")
+    p.add_argument("--iters", type=int, default=1000, help="training iterations per run (default 1000)")
+    p.add_argument("--curve-points", type=int, default=10, help="validations per run, for the curve (default 10)")
+    p.add_argument("--config", default="synthetic", help="preset every run starts from (default synthetic)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every run, as for python -m csfr.train (repeatable)")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/study"), help="where runs live (default runs/study)")
+    p.add_argument("--out", default=str(Path(__file__).with_name("TRAIN_RESULTS.md")),
+                   help="markdown file whose table sections are (re)written (default benchmarks/TRAIN_RESULTS.md)")
+    p.add_argument("--report-only", action="store_true", help="write the tables from finished runs; train nothing")
+    p.add_argument("--pictures", action="store_true",
+                   help="instead of training: PCA figures of baseline vs CSFR features for the first seed")
+    p.add_argument("--pictures-dir", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "images",
+                   help="where --pictures writes study_features_<scenes>.png (default docs/images)")
+    p.add_argument("--progress", action="store_true", help="also show each run's own iteration bar")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.iters < 1 or args.curve_points < 1:
+        raise SystemExit("--iters and --curve-points must be >= 1")
+    if args.pictures:
+        for scenes in args.scenes:
+            print(pictures(args, scenes, args.seeds[0]))
+        return
+    arms = TABLES[args.table]
+    jobs = [(scenes, arm, seed) for seed in args.seeds for scenes in args.scenes for arm in arms]
+    results: dict[str, dict[Arm, dict[int, dict]]] = {s: {arm: {} for arm in arms} for s in args.scenes}
+    todo = []
+    for scenes, arm, seed in jobs:
+        config = run_config(args, scenes, arm, seed)
+        folder = run_dir(args, config, scenes, seed)
+        record = load_result(folder, config)
+        if record is not None:
+            results[scenes][arm][seed] = record
+        elif not args.report_only and (folder, scenes, arm, seed) not in todo:
+            todo.append((folder, scenes, arm, seed))
+    bar = tqdm(todo, desc=f"study {args.table}", unit="run", dynamic_ncols=True)
+    for folder, scenes, arm, seed in bar:
+        bar.set_postfix_str(f"{scenes} seed {seed} {arm.label}")
+        config = run_config(args, scenes, arm, seed)
+        record = load_result(folder, config)  # another process may have finished it meanwhile
+        if record is None:
+            record = train_one(args, config, folder, args.progress)
+        results[scenes][arm][seed] = record
+        bar.write(f"{scenes} seed {seed} {arm.label}: mIoU {record['mIoU']:.2f} ({record['wall_s'] / 60:.1f} min)")
+        write_section(args.out, *table_section(args, args.table, scenes, results[scenes]),
+                      heading="# Training proxy results (CSFR vs baseline)")
+    for scenes in args.scenes:
+        title, text = table_section(args, args.table, scenes, results[scenes])
+        write_section(args.out, title, text, heading="# Training proxy results (CSFR vs baseline)")
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""The study's model options (fixed blend, AAM on stage 4, CAC on a projection / on L2-normalised S)
+and the paired, resumable study script (benchmarks/study.py)."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_benchmarks import load
+
+from csfr import models
+from csfr.losses import ClassAwareConsistencyLoss
+from runs import TINY
+
+OPTS = {"width": 8, "head_channels": 16, "csfr_dim": 16}
+K = 4
+
+
+def tiny(name="csfr_r50_d8", **options):
+    torch.manual_seed(0)
+    return models.build(name, K, **{**OPTS, **options})
+
+
+def batch(b=2, size=33):
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(b, 3, size, size, generator=gen), torch.randint(0, K, (b, size, size), generator=gen)
+
+
+def decode(model, images):
+    """(z, s, x, c4) of a CSFR model."""
+    c4 = model.backbone(images)[1]
+    z, s = model.head(c4)
+    return z, s, model.head.head(c4), c4
+
+
+@pytest.mark.parametrize("options", [{"gate": "fixed"}, {"aam_fuses": "backbone"}, {"cac_projection": 8},
+                                     {"cac_normalize": True}, {"cac_projection": 8, "cac_normalize": True}])
+def test_study_options_build_and_train_one_step(options):
+    model = tiny(**options).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    images, labels = batch()
+    losses = model(images, labels)["losses"]
+    assert set(losses) == {"ce", "aux_ce", "cac_intra", "cac_inter"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    sum(losses.values()).backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("head.csflm") for n in changed)
+    if options.get("cac_projection"):  # the projection is trained by the CAC loss
+        assert {"head.cac.embed.weight", "head.cac.embed.bias"} <= changed
+    if options.get("aam_fuses") == "backbone":
+        assert any(n.startswith("head.reduce") for n in changed)
+
+
+def test_fixed_gate_is_an_even_blend_without_parameters():
+    model = tiny(gate="fixed").eval()
+    assert model.head.aam.gate is None
+    assert not any("aam.gate" in n for n, _ in model.named_parameters())
+    with torch.no_grad():
+        z, s, x, _ = decode(model, batch()[0])
+    torch.testing.assert_close(z, (x + s) / 2)  # csfr_dim == head_channels: S' = S
+
+
+def test_aam_fuses_s_with_stage4_features_instead_of_x():
+    model = tiny(aam_fuses="backbone").eval()
+    with torch.no_grad():
+        z, s, x, c4 = decode(model, batch()[0])
+        expected = model.head.aam(model.head.reduce(c4), s)
+        torch.testing.assert_close(z, expected)
+        assert not torch.allclose(z, model.head.aam(x, s))
+    assert tiny().head.reduce is None  # "head" (default) adds nothing
+
+
+def test_cac_on_projection_and_on_normalised_features():
+    images, labels = batch()
+    loss = ClassAwareConsistencyLoss(K, 0.5, 1.5, 1.0, 1.0, 255, "torch")
+    projected = tiny(cac_projection=8).train()
+    with torch.no_grad():
+        s = decode(projected, images)[1]
+        got = projected.head.cac(s, labels)
+        want = loss(projected.head.cac.embed(s), labels)
+    assert projected.head.cac.embed.out_channels == 8
+    for key in want:
+        torch.testing.assert_close(got[key], want[key])
+    normalised = tiny(cac_normalize=True).train()
+    with torch.no_grad():
+        s = decode(normalised, images)[1]
+        got = normalised.head.cac(s, labels)
+        want = loss(F.normalize(s, dim=1), labels)
+        scaled = normalised.head.cac(3 * s, labels)  # unit norm: the loss ignores the feature scale
+    for key in want:
+        torch.testing.assert_close(got[key], want[key])
+        torch.testing.assert_close(scaled[key], got[key])
+
+
+@pytest.mark.parametrize("options, error, message", [
+    ({"aam_fuses": "stage3"}, ValueError, "unknown aam_fuses 'stage3'; valid: head, backbone"),
+    ({"cac_projection": -1}, ValueError, "option cac_projection must be >= 0"),
+    ({"cac_projection": 1.5}, TypeError, "option cac_projection must be an integer"),
+    ({"cac_normalize": "yes"}, TypeError, "option cac_normalize must be true or false"),
+    ({"gate": "learned"}, ValueError, "unknown gate 'learned'; valid: .*fixed"),
+])
+def test_bad_study_options_are_named(options, error, message):
+    with pytest.raises(error, match=message):
+        models.build("csfr_r50_d8", K, **{**OPTS, **options})
+
+
+# -- the study script ----------------------------------------------------------------------------
+
+def test_paired_difference_and_t_interval():
+    study = load("study")
+    n, mean, half = study.paired({0: 11.0, 1: 12.0, 2: 13.0, 3: 9.0}, {0: 10.0, 1: 10.0, 2: 10.0})
+    assert (n, mean) == (3, 2.0)  # seed 3 has no baseline: not paired
+    assert half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)  # t(0.975, 2) * sd 1 / sqrt(3)
+    assert study.paired({0: 1.0}, {0: 0.5})[:2] == (1, 0.5) and math.isnan(study.paired({0: 1.0}, {0: 0.5})[2])
+
+
+def study_args(tmp_path, *extra):
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    return [*sets, "--iters", "2", "--curve-points", "2", "--work-dir", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "T.md"), *extra]
+
+
+def test_csfr_starts_from_the_baselines_initial_weights(tmp_path):
+    study = load("study")
+    args = study.parse_args(["main", *study_args(tmp_path)])
+    config = study.run_config(args, "pairs", study.CSFR, 3)
+    torch.manual_seed(99)  # whatever the RNG state before
+    model = models.build(config["model"]["name"], 4, **config["model"]["options"])
+    copied = study.share_initialisation(model, config, 4, seed=3)
+    drawn = torch.rand(4)  # dropout streams start alike in every arm: the RNG is reseeded after the copy
+    torch.manual_seed(3)
+    torch.testing.assert_close(drawn, torch.rand(4), rtol=0, atol=0)
+    base_config = study.run_config(args, "pairs", study.BASELINE, 3)
+    torch.manual_seed(3)
+    base = models.build(base_config["model"]["name"], 4, **base_config["model"]["options"]).state_dict()
+    own = model.state_dict()
+    assert copied == len(base)  # every baseline tensor has its twin
+    for key, value in base.items():
+        twin = "head.head." + key[5:] if key.startswith("head.") else key
+        torch.testing.assert_close(own[twin], value, rtol=0, atol=0)
+
+
+def test_study_runs_pairs_resumes_and_reports(tmp_path, monkeypatch):
+    study = load("study")
+    argv = ["ablation", "--scenes", "modes", "--seeds", "0", "1", *study_args(tmp_path)]
+    study.main(argv)
+    text = (tmp_path / "T.md").read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith(("| arm", "| iteration", "| mIoU"))}
+    assert list(rows) == [a.label for a in study.TABLES["ablation"]]
+    assert all(r[0].strip() == "2" for r in rows.values())  # both seeds of every arm
+    assert rows["baseline"][2].strip() == "-" and rows["baseline"][4].strip() == "-"  # no delta, no S
+    assert "[" in rows["full CSFR"][2] and float(rows["full CSFR"][4].split("±")[0]) > 0
+    results = sorted((tmp_path / "runs").rglob("result.json"))
+    assert len(results) == 8 and all("modes_it2_" in str(p) for p in results)
+    record = json.loads(results[0].read_text())
+    assert [it for it, _ in record["curve"]] == [1, 2] and record["wall_s"] > 0
+    # a rerun trains nothing; the weight arm 0.1 is the reference CSFR's run
+    monkeypatch.setattr(study, "train_one", lambda *a: pytest.fail("a finished run was retrained"))
+    study.main(argv)
+    study.main(["cac_weight", "--scenes", "modes", "--seeds", "0", "--report-only", *study_args(tmp_path)])
+    weights = [line for line in (tmp_path / "T.md").read_text().splitlines() if line.startswith("| CAC weight")]
+    assert [line.split("|")[2].strip() for line in weights] == ["0", "0", "1", "0", "0"]
+
+
+def test_pca_picture_of_two_clusters(tmp_path):
+    pytest.importorskip("matplotlib")
+    features = load("features")
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    rows = torch.randn(200, 6, generator=gen) * 0.1
+    rows[:, 3] += 5 * labels  # the classes differ along one axis only
+    xy = features.pca_2d(rows)
+    assert (xy[labels == 0, 0].mean() - xy[labels == 1, 0].mean()).abs() > 4  # the first component finds it
+    path = tmp_path / "pca.png"
+    features.plot_panels([("a", rows, labels), ("b", rows, labels)], ["zero", "one"], [(255, 0, 0), (0, 0, 255)],
+                         path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp*"))
