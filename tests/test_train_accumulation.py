@@ -1,0 +1,71 @@
+"""Gradient accumulation: k micro-batches give the update of one batch k times the size, in fp32, under
+bf16 autocast, and in fp16 with the grad scaler.
+
+The comparison needs a model whose output for an image does not depend on the other images of its
+micro-batch: BatchNorm is swapped for a per-image GroupNorm and dropout is off (`batch_independent`).
+The batches are built so that each loss is a mean of per-image means: no ignore pixels (the
+cross-entropy averages over the counted pixels of a batch) and every class in every image (the CAC
+inter term averages over the images that hold two classes).
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from csfr.engine.trainer import Trainer
+from csfr.models import layers
+from runs import tiny_config
+
+
+@pytest.fixture
+def batch_independent(monkeypatch):
+    monkeypatch.setitem(layers.NORMS, "bn", lambda channels: nn.GroupNorm(1, channels))
+    return ("model.options.dropout=0",)
+
+
+def hand_batch(n, size=32, k=4, seed=0):
+    """n images; labels in 8x8 blocks holding all k classes in every image, also at the 1/8 feature size."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 3, size, size, generator=gen)
+    blocks = torch.arange(16).view(4, 4) % k
+    labels = torch.stack([blocks.flatten()[torch.randperm(16, generator=gen)].view(4, 4) for _ in range(n)])
+    labels = labels.repeat_interleave(size // 4, 1).repeat_interleave(size // 4, 2)
+    return images, labels
+
+
+def one_update(overrides, tmp_path, images, labels, micro_batches):
+    """(weights before, weights after, loss values) of one optimiser step over `micro_batches` equal parts."""
+    trainer = Trainer(tiny_config(*overrides, f"train.accum_steps={micro_batches}"), tmp_path, progress=False)
+    trainer.model.train()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    parts = [{"image": i, "label": lb} for i, lb in zip(images.chunk(micro_batches), labels.chunk(micro_batches))]
+    losses = trainer._step(trainer.model, iter(parts))
+    if trainer.scaler.is_enabled():  # a skipped (overflowed) step would compare nothing
+        assert trainer.scaler.get_scale() >= 2.0 ** 16, "the fp16 step overflowed and was skipped"
+    return before, trainer.model.state_dict(), losses
+
+
+# tolerance on the update, relative to its size: fp32 differs by summation order only (measured 3e-7);
+# under autocast each layer's output is rounded to the low-precision dtype per micro-batch, a few
+# units of its eps (measured 2e-3 bf16, 3e-4 fp16). Forgetting to divide by accum_steps errs by 100 %.
+UPDATE_RTOL = {"none": 1e-5, "bfloat16": 4 * torch.finfo(torch.bfloat16).eps,
+               "float16": 4 * torch.finfo(torch.float16).eps}
+
+
+@pytest.mark.parametrize("amp", ["none", "bfloat16", "float16"])
+def test_accumulated_micro_batches_give_the_update_of_the_whole_batch(amp, tmp_path, batch_independent):
+    images, labels = hand_batch(4)
+    config = (*batch_independent, f"train.amp={amp}")
+    start, whole, whole_losses = one_update(config, tmp_path / "whole", images, labels, 1)
+    start2, accumulated, accumulated_losses = one_update(config, tmp_path / "accum", images, labels, 2)
+    rtol = UPDATE_RTOL[amp]
+    for key in start:
+        assert torch.equal(start[key], start2[key]), key
+    delta = torch.cat([(whole[k] - start[k]).flatten().double() for k in start if start[k].is_floating_point()])
+    delta_acc = torch.cat([(accumulated[k] - start[k]).flatten().double()
+                           for k in start if start[k].is_floating_point()])
+    assert delta.norm() > 0
+    error = (delta_acc - delta).norm() / delta.norm()
+    assert error < rtol, f"accumulated update differs from the whole batch's by {error:.3g} (relative)"
+    for name in whole_losses:
+        assert accumulated_losses[name] == pytest.approx(whole_losses[name], rel=rtol), name
