@@ -10,7 +10,9 @@ Student-t interval, and the separability of the classifier's input and of S.
 
 Resumable: each run's result is written (atomically) as `result.json` in its own folder as soon as
 it finishes; a rerun skips finished runs and resumes an interrupted one from its last checkpoint.
-Runs shared by several tables (the baseline, the default CSFR) are trained once.
+Runs shared by several tables (the baseline, the default CSFR) are trained once. Several processes
+may work on the same study: each claims a run (`claim` file holding its process id) before training
+it and leaves runs claimed by a live process to their owner.
 
     python benchmarks/study.py main --scenes pairs modes --seeds 0 1 2 3 4 5
     python benchmarks/study.py ablation --head fcn --scenes pairs modes --seeds 0 1 2 3 4 5
@@ -175,6 +177,24 @@ def train_one(args, config: dict, folder: Path, progress: bool) -> dict:
     return record
 
 
+def claim(folder: Path) -> bool:
+    """True if this process now owns the run in `folder` (no claim, or its owner has died)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "claim"
+    if path.exists():
+        try:
+            os.kill(int(path.read_text() or 0), 0)
+            return int(path.read_text()) == os.getpid()
+        except (ValueError, ProcessLookupError):
+            path.unlink(missing_ok=True)  # a dead owner: the run resumes from its checkpoint
+    try:
+        with open(path, "x") as f:
+            f.write(str(os.getpid()))
+        return True
+    except FileExistsError:
+        return False
+
+
 def load_result(folder: Path, config: dict) -> dict | None:
     """The finished run's record, or None; a record trained from another config raises."""
     path = folder / "result.json"
@@ -312,7 +332,13 @@ def main(argv=None) -> None:
         config = run_config(args, scenes, arm, seed)
         record = load_result(folder, config)  # another process may have finished it meanwhile
         if record is None:
-            record = train_one(args, config, folder, args.progress)
+            if not claim(folder):
+                bar.write(f"{scenes} seed {seed} {arm.label}: trained by another process, skipped")
+                continue
+            try:
+                record = train_one(args, config, folder, args.progress)
+            finally:
+                (folder / "claim").unlink(missing_ok=True)
         results[scenes][arm][seed] = record
         bar.write(f"{scenes} seed {seed} {arm.label}: mIoU {record['mIoU']:.2f} ({record['wall_s'] / 60:.1f} min)")
         write_section(args.out, *table_section(args, args.table, scenes, results[scenes]),
