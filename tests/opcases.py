@@ -20,7 +20,7 @@ SUM_MARGIN = 4
 def tolerance(dtype: torch.dtype, expected: torch.Tensor, reduction: int = 1) -> tuple[float, float]:
     """(rtol, atol) for a backend's result of `dtype` against the reference's `expected`.
 
-    Every backend and the reference compute in fp32 from the same inputs (DESIGN: accumulate in fp32)
+    Every backend and the reference compute in fp32 from the same inputs (docs/design.md: accumulate in fp32)
     and round the result once to `dtype`. They may differ only by
     - the fp32 summation order: a sum of n terms is exact to n * eps32 times the sum of the |terms|,
       whose scale is the result's, so atol = SUM_MARGIN * n * eps32 * max|expected|

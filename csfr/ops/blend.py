@@ -58,7 +58,7 @@ def _canonical_gate(x: Tensor, g: Tensor) -> Tensor:
 
 
 def gated_blend(x: Tensor, s: Tensor, g: Tensor, backend: str = "auto") -> Tensor:
-    """z = x + sigmoid(g) * (s - x), the AAM fusion (DESIGN.md op 3).
+    """z = x + sigmoid(g) * (s - x), the AAM fusion (docs/design.md, operator 3).
 
     x, s [B, C, *spatial] of one dtype; g broadcastable to x: per pixel [B,1,*sp], per channel
     [B,C,1,..], or full. Other broadcastable gates are expanded (their gradient is summed back).

@@ -135,7 +135,7 @@ def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 
 def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,
              delta_d: float = 1.5, w_intra: float = 1.0, w_inter: float = 1.0,
              ignore_index: int = 255, backend: str = "auto") -> Tensor:
-    """Class-Aware Consistency loss (DESIGN.md op 2), a float32 scalar (float64 for float64 input).
+    """Class-Aware Consistency loss (docs/design.md, operator 2), a float32 scalar (float64 for float64 input).
 
     feats [B, D, *spatial] (C-S features), labels [B, *spatial] already at feature resolution.
     Raises on NaN/Inf features instead of returning a NaN loss.

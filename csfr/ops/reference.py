@@ -1,4 +1,4 @@
-"""Pure-PyTorch ground truth for the csfr operators (DESIGN.md, "The operators").
+"""Pure-PyTorch ground truth for the csfr operators (docs/design.md, "The operators").
 
 Readable over fast: every other backend is tested against these functions. Features are
 [B, D, *spatial], labels [B, *spatial]; arithmetic is fp32 for fp32/fp16/bf16 inputs and fp64 for fp64.
