@@ -1,18 +1,11 @@
-// Schemas of the csfr kernels (the kernel contract of docs/kernels.md) and the Python module.
+// The csfr op library (schemas in schemas.h) and the Python module.
 // Implementations register per dispatch key: CPU in csrc/cpu_kernels.cpp, CUDA in csrc/cuda/.
 #include <Python.h>
 #include <torch/library.h>
 
-TORCH_LIBRARY(csfr, m) {
-  m.def("segment_sum(Tensor feats, Tensor labels, int num_classes, int ignore_index)"
-        " -> (Tensor sums, Tensor counts)");
-  m.def("cac_pixel_pass(Tensor feats, Tensor labels, Tensor mu, float delta_v, int ignore_index)"
-        " -> (Tensor coef, Tensor hinge, Tensor wsum, Tensor wcount)");
-  m.def("pixel_grad(Tensor feats, Tensor labels, Tensor g, int ignore_index,"
-        " Tensor? mu, Tensor? coef, Tensor? a) -> Tensor");
-  m.def("blend_forward(Tensor x, Tensor s, Tensor g) -> Tensor");
-  m.def("blend_backward(Tensor grad_z, Tensor x, Tensor s, Tensor g) -> (Tensor, Tensor, Tensor)");
-}
+#include "schemas.h"
+
+TORCH_LIBRARY(csfr, m) { csfr::define_kernel_schemas(m); }
 
 // A plain CPython module (no pybind11: it keeps the build light); importing it loads the
 // op registrations above. Attributes say what this build contains.

@@ -110,7 +110,7 @@ cudaError_t forward(GateMode mode, const void* x, const void* s, const void* g, 
                     int64_t N, cudaStream_t stream) {
   if (B * C == 0 || N == 0) return cudaSuccess;
   if (!grid_ok(N)) return cudaErrorInvalidValue;
-  blend_forward_kernel<T><<<elementwise_grid(N, B * C), kThreads, 0, stream>>>(
+  CSFR_LAUNCH(elementwise_grid(N, B * C), kThreads, 0, stream, blend_forward_kernel<T>)(
       mode, static_cast<const T*>(x), static_cast<const T*>(s), static_cast<const T*>(g), static_cast<T*>(z),
       B * C, C, N);
   return cudaGetLastError();
@@ -130,17 +130,17 @@ cudaError_t backward(GateMode mode, const void* grad_z, const void* x, const voi
   T *pdx = static_cast<T*>(dx), *pds = static_cast<T*>(ds), *pdg = static_cast<T*>(dg);
   switch (mode) {
     case GateMode::kFull:
-      blend_backward_full<T><<<elementwise_grid(N, B * C), kThreads, 0, stream>>>(pz, px, ps, pg, pdx, pds, pdg,
+      CSFR_LAUNCH(elementwise_grid(N, B * C), kThreads, 0, stream, blend_backward_full<T>)(pz, px, ps, pg, pdx, pds, pdg,
                                                                                   B * C, N);
       break;
     case GateMode::kPixel:
-      blend_backward_pixel<T><<<elementwise_grid(N, B), kThreads, 0, stream>>>(pz, px, ps, pg, pdx, pds, pdg, B,
+      CSFR_LAUNCH(elementwise_grid(N, B), kThreads, 0, stream, blend_backward_pixel<T>)(pz, px, ps, pg, pdx, pds, pdg, B,
                                                                                C, N);
       break;
     case GateMode::kChannel: {
       const int64_t rows = B * C;
       const unsigned blocks = static_cast<unsigned>(rows < INT32_MAX ? rows : INT32_MAX);
-      blend_backward_channel<T><<<blocks, kThreads, 0, stream>>>(pz, px, ps, pg, pdx, pds, pdg, rows, N);
+      CSFR_LAUNCH(blocks, kThreads, 0, stream, blend_backward_channel<T>)(pz, px, ps, pg, pdx, pds, pdg, rows, N);
       break;
     }
     default:

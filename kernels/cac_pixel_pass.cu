@@ -16,6 +16,9 @@
 //    distinct class in the warp, usually one), so global atomics are one per warp, class and channel.
 //  - Warps whose 32 pixels all lie within the margin (coef = 0, common once training converges) skip
 //    the second read entirely.
+// Deterministic mode (no float atomics): the kernel only writes each pixel's coef and h^2; the class
+// sums are then segment_sum_weighted's deterministic reductions (per-warp tables, per-tile partials
+// reduced in a fixed order): wsum/wcount with weight coef and centre mu, hinge as the class sums of h^2.
 #include "common.cuh"
 
 namespace csfr {
@@ -26,12 +29,12 @@ using namespace detail;
 constexpr int kPix = 32;
 constexpr int kGroups = 16;
 
-template <typename T>
+template <typename T, bool kDet>
 __global__ void __launch_bounds__(kPix * kGroups)
 cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labels,
                       const acc_t<T>* __restrict__ mu, acc_t<T> delta_v, acc_t<T>* __restrict__ coef,
                       acc_t<T>* __restrict__ hinge, acc_t<T>* __restrict__ wsum, acc_t<T>* __restrict__ wcount,
-                      int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore) {
+                      acc_t<T>* __restrict__ h2, int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore) {
   using A = acc_t<T>;
   __shared__ A partial[kGroups][kPix];
   __shared__ A s_coef[kPix];
@@ -61,19 +64,24 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
     const A h = k >= 0 && r > delta_v ? r - delta_v : A(0);
     const A c = h > A(0) ? 2 * h / r : A(0);
     if (i < N) coef[b * N + i] = c;
-    s_coef[lane] = c;
-    warp_segment_add(k, h * h, [&](int kk, A t) { atomicAdd(hinge + b * K + kk, t); });
-    warp_segment_add(k, c, [&](int kk, A t) { atomicAdd(wcount + b * K + kk, t); });
+    if (kDet) {
+      if (i < N) h2[b * N + i] = h * h;
+    } else {
+      s_coef[lane] = c;
+      warp_segment_add(k, h * h, [&](int kk, A t) { atomicAdd(hinge + b * K + kk, t); });
+      warp_segment_add(k, c, [&](int kk, A t) { atomicAdd(wcount + b * K + kk, t); });
+    }
   }
+  if (kDet) return;  // every thread: the class sums are reduced by segment_sum_weighted
   __syncthreads();
 
-  // pass 2: wsum[k, d] += coef_i * f_i[d], re-reading the tile from L1/L2
+  // pass 2: wsum[k, d] += coef_i * (f_i[d] - mu_k[d]) (from differences), re-reading the tile from L1/L2
   const A c = s_coef[lane];
   if (!__any_sync(kFullMask, c != A(0))) return;
   const int kc = c != A(0) ? k : -1;  // pixels with zero weight add nothing
   A* ws = wsum + b * K * D;
   for (int64_t d = grp; d < D; d += kGroups) {
-    const A v = kc >= 0 ? c * to_acc(fi[d * N]) : A(0);
+    const A v = kc >= 0 ? c * (to_acc(fi[d * N]) - mu[(b * K + kc) * D + d]) : A(0);
     warp_segment_add(kc, v, [&](int kk, A t) { atomicAdd(ws + kk * D + d, t); });
   }
 }
@@ -81,7 +89,7 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
 template <typename T>
 cudaError_t launch(const void* feats, const int64_t* labels, const void* mu, double delta_v, void* coef,
                    void* hinge, void* wsum, void* wcount, int64_t B, int64_t D, int64_t N, int64_t K,
-                   int64_t ignore, cudaStream_t stream) {
+                   int64_t ignore, bool deterministic, void* workspace, cudaStream_t stream) {
   using A = acc_t<T>;
   cudaError_t err = cudaSuccess;
   const void* bufs[] = {coef, hinge, wsum, wcount};
@@ -89,6 +97,8 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* mu, dou
   for (int j = 0; j < 4 && err == cudaSuccess; ++j)
     err = cudaMemsetAsync(const_cast<void*>(bufs[j]), 0, sizeof(A) * sizes[j], stream);
   if (err != cudaSuccess || B == 0 || N == 0) return err;
+  if (deterministic && workspace == nullptr) return cudaErrorInvalidValue;
+  A* h2 = deterministic ? static_cast<A*>(workspace) : nullptr;  // [B, N], then segment_sum's workspace
   const int64_t tiles = (N + kPix - 1) / kPix;
   if (tiles > INT32_MAX) return cudaErrorInvalidValue;
   // chunks of images are taken from the end so the reverse order holds across chunks too
@@ -96,24 +106,44 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* mu, dou
     const int64_t nb = B - done < kMaxGridYZ ? B - done : kMaxGridYZ;
     const int64_t b0 = B - done - nb;
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(nb));
-    cac_pixel_pass_kernel<T><<<grid, dim3(kPix, kGroups), 0, stream>>>(
-        static_cast<const T*>(feats) + b0 * D * N, labels + b0 * N, static_cast<const A*>(mu) + b0 * K * D,
-        static_cast<A>(delta_v), static_cast<A*>(coef) + b0 * N, static_cast<A*>(hinge) + b0 * K,
-        static_cast<A*>(wsum) + b0 * K * D, static_cast<A*>(wcount) + b0 * K, nb, D, N, K, ignore);
+    const T* f = static_cast<const T*>(feats) + b0 * D * N;
+    const A* m = static_cast<const A*>(mu) + b0 * K * D;
+    A *co = static_cast<A*>(coef) + b0 * N, *hi = static_cast<A*>(hinge) + b0 * K;
+    A *ws = static_cast<A*>(wsum) + b0 * K * D, *wc = static_cast<A*>(wcount) + b0 * K;
+    if (deterministic)
+      CSFR_LAUNCH(grid, dim3(kPix, kGroups), 0, stream, cac_pixel_pass_kernel<T, true>)(
+          f, labels + b0 * N, m, static_cast<A>(delta_v), co, hi, ws, wc, h2 + b0 * N, nb, D, N, K, ignore);
+    else
+      CSFR_LAUNCH(grid, dim3(kPix, kGroups), 0, stream, cac_pixel_pass_kernel<T, false>)(
+          f, labels + b0 * N, m, static_cast<A>(delta_v), co, hi, ws, wc, nullptr, nb, D, N, K, ignore);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
-  return cudaSuccess;
+  if (!deterministic) return cudaSuccess;
+  const DType self = CSFR_DTYPE_OF(T), acc = CSFR_DTYPE_OF(A);
+  void* scratch = h2 + B * N;
+  err = segment_sum_weighted(self, feats, labels, coef, mu, wsum, wcount, B, D, N, K, ignore, true, scratch, stream);
+  if (err == cudaSuccess)  // hinge[b, k] = sum of h^2 over the pixels of class k: a one-channel segment sum
+    err = segment_sum_weighted(acc, h2, labels, nullptr, nullptr, hinge, nullptr, B, 1, N, K, ignore, true, scratch,
+                               stream);
+  return err;
 }
 
 }  // namespace
 
 cudaError_t cac_pixel_pass(DType dtype, const void* feats, const int64_t* labels, const void* mu,
                            double delta_v, void* coef, void* hinge, void* wsum, void* wcount, int64_t B,
-                           int64_t D, int64_t N, int64_t K, int64_t ignore_index, cudaStream_t stream) {
+                           int64_t D, int64_t N, int64_t K, int64_t ignore_index, bool deterministic,
+                           void* workspace, cudaStream_t stream) {
   return CSFR_DISPATCH(dtype, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    return launch<T>(feats, labels, mu, delta_v, coef, hinge, wsum, wcount, B, D, N, K, ignore_index, stream);
+    return launch<T>(feats, labels, mu, delta_v, coef, hinge, wsum, wcount, B, D, N, K, ignore_index, deterministic,
+                     workspace, stream);
   });
+}
+
+size_t cac_pixel_pass_workspace_bytes(DType dtype, int64_t B, int64_t D, int64_t N, int64_t K) {
+  const size_t acc = dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  return static_cast<size_t>(B * N) * acc + segment_sum_workspace_bytes(dtype, B, D, N, K);
 }
 
 }  // namespace csfr

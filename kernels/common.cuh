@@ -66,12 +66,31 @@ __device__ __forceinline__ void warp_segment_add(int k, A v, Add add) {
 
 // Shared-memory buffer of dynamic size, aligned for double.
 template <typename A> __device__ __forceinline__ A* dynamic_smem() {
+#ifdef CSFR_EMULATION
+  return reinterpret_cast<A*>(::csfr::emu::dynamic_shared_memory());
+#else
   extern __shared__ __align__(16) unsigned char csfr_smem[];
   return reinterpret_cast<A*>(csfr_smem);
+#endif
 }
 
 }  // namespace detail
 }  // namespace csfr
+
+// Every launch is written CSFR_LAUNCH(grid, block, smem, stream, kernel)(args...), so that nvcc and the
+// CPU emulation of csrc/emulation/ compile the same source (the kernel comes last: template arguments
+// may contain commas).
+#ifdef CSFR_EMULATION
+#define CSFR_LAUNCH(grid, block, smem, stream, ...) ::csfr::emu::Launch(__VA_ARGS__, grid, block, smem, stream)
+#else
+#define CSFR_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#endif
+
+// The DType of a kernel element type.
+#define CSFR_DTYPE_OF(T)                                                                              \
+  (std::is_same_v<T, double> ? ::csfr::DType::kFloat64                                                \
+   : std::is_same_v<T, __half> ? ::csfr::DType::kFloat16                                              \
+   : std::is_same_v<T, __nv_bfloat16> ? ::csfr::DType::kBFloat16 : ::csfr::DType::kFloat32)
 
 // Instantiates `launch<T>()` for the runtime dtype; `launch` is a generic lambda taking a T* tag.
 #define CSFR_DISPATCH(dtype, launch)                                           \

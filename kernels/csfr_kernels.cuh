@@ -15,15 +15,30 @@ namespace csfr {
 
 enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
-// sums [B,K,D] acc, counts [B,K] acc.
+// sums [B,K,D] acc, counts [B,K] acc. deterministic: no float atomics, every result is bitwise
+// reproducible; needs `workspace` of segment_sum_workspace_bytes() (ignored otherwise, may be null).
 cudaError_t segment_sum(DType dtype, const void* feats, const int64_t* labels, void* sums, void* counts,
-                        int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore_index,
-                        cudaStream_t stream);
+                        int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore_index, bool deterministic,
+                        void* workspace, cudaStream_t stream);
 
-// mu [B,K,D] acc in; coef [B,N], hinge [B,K], wsum [B,K,D], wcount [B,K] acc out.
+// The general form: pixel i of class k adds weight_i * (f_i - center_k) to sums[k] and weight_i to
+// counts[k]; weight [B,N] and center [B,K,D] (acc) may each be null (weight 1, center 0); counts may be
+// null (not counted).
+cudaError_t segment_sum_weighted(DType dtype, const void* feats, const int64_t* labels, const void* weight,
+                                 const void* center, void* sums, void* counts, int64_t B, int64_t D, int64_t N,
+                                 int64_t K, int64_t ignore_index, bool deterministic, void* workspace,
+                                 cudaStream_t stream);
+
+size_t segment_sum_workspace_bytes(DType dtype, int64_t B, int64_t D, int64_t N, int64_t K);
+
+// mu [B,K,D] acc in; coef [B,N], hinge [B,K], wsum [B,K,D] (sum of coef_i (f_i - mu_k)), wcount [B,K]
+// acc out. deterministic: as for segment_sum, with cac_pixel_pass_workspace_bytes() of workspace.
 cudaError_t cac_pixel_pass(DType dtype, const void* feats, const int64_t* labels, const void* mu,
                            double delta_v, void* coef, void* hinge, void* wsum, void* wcount, int64_t B,
-                           int64_t D, int64_t N, int64_t K, int64_t ignore_index, cudaStream_t stream);
+                           int64_t D, int64_t N, int64_t K, int64_t ignore_index, bool deterministic,
+                           void* workspace, cudaStream_t stream);
+
+size_t cac_pixel_pass_workspace_bytes(DType dtype, int64_t B, int64_t D, int64_t N, int64_t K);
 
 // g [B,K,D] acc; mu [B,K,D], coef [B,N], a [B,K] acc, all three null or all three given.
 // out [B,D,N] in `dtype`; feats is read only when mu/coef/a are given.

@@ -60,11 +60,11 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* g, cons
     const A* gp = static_cast<const A*>(g) + b0 * K * D;
     T* o = static_cast<T*>(out) + b0 * D * N;
     if (direct)
-      pixel_grad_kernel<T, true><<<grid, kThreads, 0, stream>>>(
+      CSFR_LAUNCH(grid, kThreads, 0, stream, pixel_grad_kernel<T, true>)(
           f, labels + b0 * N, gp, static_cast<const A*>(mu) + b0 * K * D, static_cast<const A*>(coef) + b0 * N,
           static_cast<const A*>(a) + b0 * K, o, D, N, K, ignore);
     else
-      pixel_grad_kernel<T, false><<<grid, kThreads, 0, stream>>>(f, labels + b0 * N, gp, nullptr, nullptr,
+      CSFR_LAUNCH(grid, kThreads, 0, stream, pixel_grad_kernel<T, false>)(f, labels + b0 * N, gp, nullptr, nullptr,
                                                                   nullptr, o, D, N, K, ignore);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;

@@ -21,30 +21,38 @@ using namespace detail;
 constexpr int kThreads = 256;
 constexpr int kItems = 8;  // pixels per thread
 constexpr int kDT = 8;     // channels per block
+constexpr int kWarps = kThreads / 32;
 
-template <typename T, bool kShared>
+template <typename T, bool kShared, bool kDet>
 __global__ void __launch_bounds__(kThreads)
-segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labels, acc_t<T>* __restrict__ sums,
-                   acc_t<T>* __restrict__ counts, int64_t D, int64_t N, int64_t K, int64_t ignore) {
+segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labels,
+                   const acc_t<T>* __restrict__ weight, const acc_t<T>* __restrict__ center,
+                   acc_t<T>* __restrict__ sums, acc_t<T>* __restrict__ counts, acc_t<T>* __restrict__ partial,
+                   int64_t D, int64_t N, int64_t K, int64_t ignore) {
   using A = acc_t<T>;
+  static_assert(kShared || !kDet, "the deterministic path reduces through shared memory");
   const int64_t b = blockIdx.z;
   const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kDT;
   const int dn = static_cast<int>(D - d0 < kDT ? D - d0 : kDT);
-  const bool count = blockIdx.y == 0;  // one channel tile per pixel tile counts the pixels
-  A* s_sum = dynamic_smem<A>();        // [K][kDT] then [K] counts
+  const bool count = blockIdx.y == 0 && counts != nullptr;  // one channel tile per pixel tile counts
+  const int64_t table = K * (kDT + 1);  // [K][kDT] sums then [K] counts
+  // deterministic: one table per warp, written only by that warp (in program order), no atomics
+  A* s_sum = dynamic_smem<A>() + (kDet ? static_cast<int64_t>(threadIdx.x / 32) * table : 0);
   A* s_cnt = s_sum + K * kDT;
   if (kShared) {
-    for (int64_t j = threadIdx.x; j < K * (kDT + 1); j += kThreads) s_sum[j] = A(0);
+    for (int64_t j = threadIdx.x; j < table * (kDet ? kWarps : 1); j += kThreads) dynamic_smem<A>()[j] = A(0);
     __syncthreads();
   }
   A* g_sum = sums + b * K * D;
-  A* g_cnt = counts + b * K;
+  A* g_cnt = count ? counts + b * K : nullptr;
   auto add_sum = [&](int k, int c, A v) {
-    if (kShared) atomicAdd(s_sum + k * kDT + c, v);
+    if (kDet) s_sum[k * kDT + c] += v;
+    else if (kShared) atomicAdd(s_sum + k * kDT + c, v);
     else atomicAdd(g_sum + k * D + d0 + c, v);
   };
   auto add_cnt = [&](int k, A v) {
-    if (kShared) atomicAdd(s_cnt + k, v);
+    if (kDet) s_cnt[k] += v;
+    else if (kShared) atomicAdd(s_cnt + k, v);
     else atomicAdd(g_cnt + k, v);
   };
   // fold a per-lane value of class k (warp-wide, any mix of classes) into the table
@@ -66,13 +74,17 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
     const int k = i < N ? class_of(yb, i, K, ignore) : -1;
     const int k0 = __shfl_sync(kFullMask, k, 0);
     const bool uniform = __all_sync(kFullMask, k == k0);
+    // a pixel adds w (f - center[k]) with w = weight_i, or plain f with weight 1
+    const A w = k < 0 ? A(0) : weight ? weight[b * N + i] : A(1);
+    const A* ck = k >= 0 && center ? center + (b * K + k) * D + d0 : nullptr;
     A v[kDT];
 #pragma unroll
-    for (int c = 0; c < kDT; ++c) v[c] = (k >= 0 && c < dn) ? to_acc(fb[c * N + i]) : A(0);
+    for (int c = 0; c < kDT; ++c)
+      v[c] = (k >= 0 && c < dn) ? (ck ? w * (to_acc(fb[c * N + i]) - ck[c]) : w * to_acc(fb[c * N + i])) : A(0);
     if (uniform && k0 == run_k) {
 #pragma unroll
       for (int c = 0; c < kDT; ++c) run[c] += v[c];
-      run_n += A(1);
+      run_n += w;
       continue;
     }
     if (run_k >= 0) fold(run_k, run, run_n);
@@ -80,65 +92,121 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
     if (uniform && k0 >= 0) {
 #pragma unroll
       for (int c = 0; c < kDT; ++c) run[c] = v[c];
-      run_n = A(1);
+      run_n = w;
       run_k = k0;
     } else {
-      fold(k, v, A(1));
+      fold(k, v, w);
     }
   }
   if (run_k >= 0) fold(run_k, run, run_n);
 
   if (kShared) {
     __syncthreads();
+    const A* tables = dynamic_smem<A>();
+    // deterministic: the warps' tables summed in warp order, every entry written to this tile's partial
+    const int64_t tile = blockIdx.x, tiles = gridDim.x;
+    A* p_sum = kDet ? partial + (b * tiles + tile) * K * D : nullptr;
+    A* p_cnt = kDet ? partial + gridDim.z * tiles * K * D + (b * tiles + tile) * K : nullptr;
     for (int64_t j = threadIdx.x; j < K * kDT; j += kThreads) {
       const int64_t k = j / kDT, c = j % kDT;
-      if (c < dn && s_sum[j] != A(0)) atomicAdd(g_sum + k * D + d0 + c, s_sum[j]);
+      if (c >= dn) continue;
+      if (kDet) {
+        A total = 0;
+        for (int w = 0; w < kWarps; ++w) total += tables[w * table + j];
+        p_sum[k * D + d0 + c] = total;
+      } else if (tables[j] != A(0)) {
+        atomicAdd(g_sum + k * D + d0 + c, tables[j]);
+      }
     }
     if (count)
-      for (int64_t k = threadIdx.x; k < K; k += kThreads)
-        if (s_cnt[k] != A(0)) atomicAdd(g_cnt + k, s_cnt[k]);
+      for (int64_t k = threadIdx.x; k < K; k += kThreads) {
+        if (kDet) {
+          A total = 0;
+          for (int w = 0; w < kWarps; ++w) total += tables[w * table + K * kDT + k];
+          p_cnt[k] = total;
+        } else if (s_cnt[k] != A(0)) {
+          atomicAdd(g_cnt + k, s_cnt[k]);
+        }
+      }
   }
 }
 
-// Shared bytes the table needs, and whether the device can give them (opting in above 48 KiB).
-template <typename T>
+// Deterministic path, second step: out[b, e] = sum over pixel tiles t, in order, of partial[b, t, e].
+template <typename A>
+__global__ void __launch_bounds__(kThreads)
+reduce_tiles_kernel(const A* __restrict__ partial, A* __restrict__ out, int64_t B, int64_t tiles, int64_t E) {
+  const int64_t e = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (e >= B * E) return;
+  const int64_t b = e / E, j = e % E;
+  A total = 0;
+  for (int64_t t = 0; t < tiles; ++t) total += partial[(b * tiles + t) * E + j];
+  out[e] = total;
+}
+
+// Shared bytes the table needs (one per warp when deterministic), and whether the device can give
+// them (opting in above 48 KiB).
+template <typename T, bool kDet>
 cudaError_t shared_table(int64_t K, size_t* bytes, bool* fits) {
-  *bytes = static_cast<size_t>(K) * (kDT + 1) * sizeof(acc_t<T>);
+  *bytes = static_cast<size_t>(K) * (kDT + 1) * sizeof(acc_t<T>) * (kDet ? kWarps : 1);
   int device = 0, optin = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess) return err;
   *fits = *bytes <= static_cast<size_t>(optin);
   if (*fits && *bytes > 48 * 1024)
-    err = cudaFuncSetAttribute(segment_sum_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    err = cudaFuncSetAttribute(segment_sum_kernel<T, true, kDet>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(*bytes));
   return err;
 }
 
 template <typename T>
-cudaError_t launch(const void* feats, const int64_t* labels, void* sums, void* counts, int64_t B, int64_t D,
-                   int64_t N, int64_t K, int64_t ignore, cudaStream_t stream) {
+cudaError_t launch(const void* feats, const int64_t* labels, const void* weight, const void* center, void* sums,
+                   void* counts, int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore, bool deterministic,
+                   void* workspace, cudaStream_t stream) {
   using A = acc_t<T>;
   cudaError_t err = cudaMemsetAsync(sums, 0, sizeof(A) * B * K * D, stream);
-  if (err == cudaSuccess) err = cudaMemsetAsync(counts, 0, sizeof(A) * B * K, stream);
-  if (err != cudaSuccess || B == 0 || N == 0 || D == 0) return err;
+  if (err == cudaSuccess && counts) err = cudaMemsetAsync(counts, 0, sizeof(A) * B * K, stream);
+  if (err != cudaSuccess || B == 0 || N == 0) return err;
   size_t bytes = 0;
   bool fits = false;
-  if ((err = shared_table<T>(K, &bytes, &fits)) != cudaSuccess) return err;
+  err = deterministic ? shared_table<T, true>(K, &bytes, &fits) : shared_table<T, false>(K, &bytes, &fits);
+  if (err != cudaSuccess) return err;
+  if (deterministic && (!fits || workspace == nullptr)) return cudaErrorInvalidValue;
   const int64_t tiles = (N + kThreads * kItems - 1) / (kThreads * kItems);
-  const int64_t dtiles = (D + kDT - 1) / kDT;
+  const int64_t dtiles = D > 0 ? (D + kDT - 1) / kDT : 1;  // D = 0 still counts the pixels
   if (dtiles > kMaxGridYZ || tiles > INT32_MAX) return cudaErrorInvalidValue;
+  const A* w = static_cast<const A*>(weight);
+  const A* ctr = static_cast<const A*>(center);
   for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
     const int64_t nb = B - b0 < kMaxGridYZ ? B - b0 : kMaxGridYZ;
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(dtiles), static_cast<unsigned>(nb));
     const T* f = static_cast<const T*>(feats) + b0 * D * N;
+    const int64_t* y = labels + b0 * N;
+    const A* wb = w ? w + b0 * N : nullptr;
+    const A* cb = ctr ? ctr + b0 * K * D : nullptr;
     A* s = static_cast<A*>(sums) + b0 * K * D;
-    A* c = static_cast<A*>(counts) + b0 * K;
-    if (fits)
-      segment_sum_kernel<T, true><<<grid, kThreads, bytes, stream>>>(f, labels + b0 * N, s, c, D, N, K, ignore);
+    A* c = counts ? static_cast<A*>(counts) + b0 * K : nullptr;
+    A* part = static_cast<A*>(workspace);
+    if (deterministic)
+      CSFR_LAUNCH(grid, kThreads, bytes, stream, segment_sum_kernel<T, true, true>)(f, y, wb, cb, s, c, part, D, N, K,
+                                                                                     ignore);
+    else if (fits)
+      CSFR_LAUNCH(grid, kThreads, bytes, stream, segment_sum_kernel<T, true, false>)(f, y, wb, cb, s, c, nullptr, D,
+                                                                                      N, K, ignore);
     else
-      segment_sum_kernel<T, false><<<grid, kThreads, 0, stream>>>(f, labels + b0 * N, s, c, D, N, K, ignore);
+      CSFR_LAUNCH(grid, kThreads, 0, stream, segment_sum_kernel<T, false, false>)(f, y, wb, cb, s, c, nullptr, D, N,
+                                                                                   K, ignore);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    if (deterministic) {
+      const int64_t sum_elems = nb * K * D, cnt_elems = nb * K;
+      if (sum_elems > 0)
+        CSFR_LAUNCH(static_cast<unsigned>((sum_elems + kThreads - 1) / kThreads), kThreads, 0, stream,
+                    reduce_tiles_kernel<A>)(part, s, nb, tiles, K * D);
+      if (c)
+        CSFR_LAUNCH(static_cast<unsigned>((cnt_elems + kThreads - 1) / kThreads), kThreads, 0, stream,
+                    reduce_tiles_kernel<A>)(part + nb * tiles * K * D, c, nb, tiles, K);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
   }
   return cudaSuccess;
 }
@@ -146,12 +214,28 @@ cudaError_t launch(const void* feats, const int64_t* labels, void* sums, void* c
 }  // namespace
 
 cudaError_t segment_sum(DType dtype, const void* feats, const int64_t* labels, void* sums, void* counts,
-                        int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore_index,
-                        cudaStream_t stream) {
+                        int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore_index, bool deterministic,
+                        void* workspace, cudaStream_t stream) {
+  return segment_sum_weighted(dtype, feats, labels, nullptr, nullptr, sums, counts, B, D, N, K, ignore_index,
+                              deterministic, workspace, stream);
+}
+
+cudaError_t segment_sum_weighted(DType dtype, const void* feats, const int64_t* labels, const void* weight,
+                                 const void* center, void* sums, void* counts, int64_t B, int64_t D, int64_t N,
+                                 int64_t K, int64_t ignore_index, bool deterministic, void* workspace,
+                                 cudaStream_t stream) {
   return CSFR_DISPATCH(dtype, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    return launch<T>(feats, labels, sums, counts, B, D, N, K, ignore_index, stream);
+    return launch<T>(feats, labels, weight, center, sums, counts, B, D, N, K, ignore_index, deterministic, workspace,
+                     stream);
   });
+}
+
+size_t segment_sum_workspace_bytes(DType dtype, int64_t B, int64_t D, int64_t N, int64_t K) {
+  const int64_t chunk = B < kMaxGridYZ ? B : kMaxGridYZ;  // the workspace is reused by each chunk of images
+  const int64_t tiles = (N + kThreads * kItems - 1) / (kThreads * kItems);
+  const size_t acc = dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  return static_cast<size_t>(chunk * tiles * K * (D + 1)) * acc;
 }
 
 }  // namespace csfr

@@ -3,6 +3,8 @@
 A backend provides the five kernels the operators are built from (the "kernel contract"
 in docs/kernels.md): segment_sum, cac_pixel_pass, pixel_grad, blend_forward, blend_backward.
 `torch` is the reference and has no kernels: the operators fall back to csfr.ops.reference.
+`cuda_emulated` runs the CUDA kernels on CPU tensors through an emulation of the CUDA execution
+model (csfr.ops.emulation); it is for tests, and "auto" never picks it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from types import SimpleNamespace
 
 import torch
 
-NAMES = ("torch", "cpu", "cuda", "triton")
+NAMES = ("torch", "cpu", "cuda", "triton", "cuda_emulated")
 _KERNEL_NAMES = ("segment_sum", "cac_pixel_pass", "pixel_grad", "blend_forward", "blend_backward")
 
 
@@ -25,8 +27,16 @@ _EXTENSION: list = []  # (module, reason), filled once; a plain global so torch.
 
 
 def _extension():
-    """Returns (module, None) if csfr._C imports, else (None, reason)."""
+    """Returns (module, None) if csfr._C imports, else (None, reason).
+
+    CSFR_EXTENSION_LIBRARY names another build of csrc/ (e.g. under sanitizers) to load instead.
+    """
     if not _EXTENSION:
+        library = os.environ.get("CSFR_EXTENSION_LIBRARY")
+        if library:  # a test build of the same sources (the sanitizer run of tests/test_sanitizers.py)
+            torch.ops.load_library(library)
+            _EXTENSION.append((SimpleNamespace(with_cuda=False, with_openmp=True), None))
+            return _EXTENSION[0]
         try:
             from csfr import _C
             _EXTENSION.append((_C, None))
@@ -51,6 +61,9 @@ def _why_not(name: str) -> str | None:
             if not torch.cuda.is_available():
                 return "no CUDA device is visible to torch"
         return None
+    if name == "cuda_emulated":
+        from csfr.ops import emulation
+        return emulation.why_unavailable()
     if name == "triton":
         try:
             import triton  # noqa: F401
@@ -76,6 +89,11 @@ def kernels(name: str) -> SimpleNamespace:
     if name in ("cpu", "cuda"):
         ops = torch.ops.csfr
         return SimpleNamespace(**{k: getattr(ops, k).default for k in _KERNEL_NAMES})
+    if name == "cuda_emulated":
+        from csfr.ops import emulation
+        emulation.load()
+        ops = torch.ops.csfr_emulated
+        return SimpleNamespace(**{k: getattr(ops, k).default for k in _KERNEL_NAMES})
     if name == "triton":
         from csfr.ops import triton as triton_kernels
         return SimpleNamespace(**{k: getattr(triton_kernels, k) for k in _KERNEL_NAMES})
@@ -96,8 +114,8 @@ def resolve(backend: str, device: torch.device) -> str:
     reason = _why_not(backend)
     if reason is not None:
         raise BackendUnavailable(f"csfr backend {backend!r} is unavailable: {reason}")
-    if backend == "cpu" and device.type != "cpu":
-        raise BackendUnavailable(f"csfr backend 'cpu' runs on CPU tensors, got tensors on {device}")
+    if backend in ("cpu", "cuda_emulated") and device.type != "cpu":
+        raise BackendUnavailable(f"csfr backend {backend!r} runs on CPU tensors, got tensors on {device}")
     if backend == "cuda" and device.type != "cuda":
         raise BackendUnavailable(f"csfr backend 'cuda' runs on CUDA tensors, got tensors on {device}")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":

@@ -1,20 +1,22 @@
-// CUDA implementations of the csfr kernel schemas (csrc/ops.cpp): check inputs, allocate outputs,
+// CUDA implementations of the csfr kernel schemas (csrc/schemas.h): check inputs, allocate outputs,
 // launch the raw-pointer kernels of kernels/csfr_kernels.cuh on torch's current stream, check the launch.
+// Compiled with CSFR_EMULATION, the same file registers the emulated kernels on CPU tensors as the
+// test library csfr_emulated (csrc/emulation/, csfr/ops/emulation.py).
 // Label values are validated by the Python operators before they get here (a device-side check would
 // need a host sync); the kernels treat any value outside [0, K) as ignored, so bad labels cannot write
 // out of bounds.
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <optional>
 #include <tuple>
 
+#include "../schemas.h"
 #include "csfr_kernels.cuh"
+#include "device.h"
 
 namespace {
 
@@ -33,7 +35,8 @@ csfr::DType kernel_dtype(const Tensor& t, const char* op) {
 at::ScalarType acc_type(const Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 void check_cuda(const Tensor& t, const Tensor& like, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cuda(), op, ": ", name, " must be a CUDA tensor, got ", t.device());
+  TORCH_CHECK(csfr_glue::on_device(t), op, ": ", name, " must be a ", csfr_glue::kTensorKind, " tensor, got ",
+              t.device());
   TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but features are on ",
               like.device());
   TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
@@ -57,20 +60,29 @@ void check_acc(const Tensor& t, const Tensor& feats, at::IntArrayRef shape, cons
               t.scalar_type());
 }
 
-// torch's current stream (what at::cuda::getCurrentCUDAStream returns; the c10 header avoids cuSPARSE/cuBLAS)
-cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+using csfr_glue::stream;
+
+// Under torch.use_deterministic_algorithms(True) the reductions take their atomics-free path, which
+// needs a scratch buffer; the empty tensor (and a null pointer) otherwise.
+bool deterministic() { return at::globalContext().deterministicAlgorithms(); }
+
+Tensor workspace(const Tensor& feats, size_t bytes) {
+  return at::empty({deterministic() ? static_cast<int64_t>(bytes) : 0}, feats.options().dtype(at::kByte));
+}
 
 std::tuple<Tensor, Tensor> segment_sum_cuda(const Tensor& feats, const Tensor& labels, int64_t K,
                                             int64_t ignore_index) {
   check_feats_labels(feats, labels, "segment_sum");
   TORCH_CHECK(K >= 1, "segment_sum: num_classes must be >= 1, got ", K);
-  const c10::cuda::CUDAGuard guard(feats.device());
+  const csfr_glue::DeviceGuard guard(feats.device());
   const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
   auto opts = feats.options().dtype(acc_type(feats));
   Tensor sums = at::empty({B, K, D}, opts), counts = at::empty({B, K}, opts);
-  C10_CUDA_CHECK(csfr::segment_sum(kernel_dtype(feats, "segment_sum"), feats.data_ptr(),
-                                   labels.data_ptr<int64_t>(), sums.data_ptr(), counts.data_ptr(), B, D, N, K,
-                                   ignore_index, stream()));
+  const csfr::DType dtype = kernel_dtype(feats, "segment_sum");
+  Tensor scratch = workspace(feats, csfr::segment_sum_workspace_bytes(dtype, B, D, N, K));
+  CSFR_CUDA_CHECK(csfr::segment_sum(dtype, feats.data_ptr(), labels.data_ptr<int64_t>(), sums.data_ptr(),
+                                    counts.data_ptr(), B, D, N, K, ignore_index, deterministic(),
+                                    scratch.numel() ? scratch.data_ptr() : nullptr, stream()));
   return {sums, counts};
 }
 
@@ -83,14 +95,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cac_pixel_pass_cuda(const Tensor& fea
   const int64_t K = mu.size(1);
   check_acc(mu, feats, {B, K, D}, "cac_pixel_pass", "mu");
   TORCH_CHECK(delta_v >= 0, "cac_pixel_pass: delta_v must be >= 0, got ", delta_v);
-  const c10::cuda::CUDAGuard guard(feats.device());
+  const csfr_glue::DeviceGuard guard(feats.device());
   auto opts = feats.options().dtype(acc_type(feats));
   Tensor coef = at::empty({B, N}, opts), hinge = at::empty({B, K}, opts);
   Tensor wsum = at::empty({B, K, D}, opts), wcount = at::empty({B, K}, opts);
-  C10_CUDA_CHECK(csfr::cac_pixel_pass(kernel_dtype(feats, "cac_pixel_pass"), feats.data_ptr(),
-                                      labels.data_ptr<int64_t>(), mu.data_ptr(), delta_v, coef.data_ptr(),
-                                      hinge.data_ptr(), wsum.data_ptr(), wcount.data_ptr(), B, D, N, K,
-                                      ignore_index, stream()));
+  const csfr::DType dtype = kernel_dtype(feats, "cac_pixel_pass");
+  Tensor scratch = workspace(feats, csfr::cac_pixel_pass_workspace_bytes(dtype, B, D, N, K));
+  CSFR_CUDA_CHECK(csfr::cac_pixel_pass(dtype, feats.data_ptr(), labels.data_ptr<int64_t>(), mu.data_ptr(), delta_v,
+                                       coef.data_ptr(), hinge.data_ptr(), wsum.data_ptr(), wcount.data_ptr(), B, D,
+                                       N, K, ignore_index, deterministic(),
+                                       scratch.numel() ? scratch.data_ptr() : nullptr, stream()));
   return {coef, hinge, wsum, wcount};
 }
 
@@ -110,9 +124,9 @@ Tensor pixel_grad_cuda(const Tensor& feats, const Tensor& labels, const Tensor& 
     check_acc(*coef, feats, {B, N}, "pixel_grad", "coef");
     check_acc(*a, feats, {B, K}, "pixel_grad", "a");
   }
-  const c10::cuda::CUDAGuard guard(feats.device());
+  const csfr_glue::DeviceGuard guard(feats.device());
   Tensor out = at::empty_like(feats);
-  C10_CUDA_CHECK(csfr::pixel_grad(kernel_dtype(feats, "pixel_grad"), feats.data_ptr(), labels.data_ptr<int64_t>(),
+  CSFR_CUDA_CHECK(csfr::pixel_grad(kernel_dtype(feats, "pixel_grad"), feats.data_ptr(), labels.data_ptr<int64_t>(),
                                   g.data_ptr(), direct ? mu->data_ptr() : nullptr,
                                   direct ? coef->data_ptr() : nullptr, direct ? a->data_ptr() : nullptr,
                                   out.data_ptr(), B, D, N, K, ignore_index, stream()));
@@ -139,9 +153,9 @@ csfr::GateMode check_blend(const Tensor& x, const Tensor& s, const Tensor& g, co
 
 Tensor blend_forward_cuda(const Tensor& x, const Tensor& s, const Tensor& g) {
   const csfr::GateMode mode = check_blend(x, s, g, "blend_forward");
-  const c10::cuda::CUDAGuard guard(x.device());
+  const csfr_glue::DeviceGuard guard(x.device());
   Tensor z = at::empty_like(x);
-  C10_CUDA_CHECK(csfr::blend_forward(kernel_dtype(x, "blend_forward"), mode, x.data_ptr(), s.data_ptr(),
+  CSFR_CUDA_CHECK(csfr::blend_forward(kernel_dtype(x, "blend_forward"), mode, x.data_ptr(), s.data_ptr(),
                                      g.data_ptr(), z.data_ptr(), x.size(0), x.size(1), x.size(2), stream()));
   return z;
 }
@@ -153,20 +167,30 @@ std::tuple<Tensor, Tensor, Tensor> blend_backward_cuda(const Tensor& grad_z, con
   TORCH_CHECK(grad_z.sizes() == x.sizes() && grad_z.scalar_type() == x.scalar_type(),
               "blend_backward: grad_z must match x (", x.sizes(), ", ", x.scalar_type(), "), got ", grad_z.sizes(),
               ", ", grad_z.scalar_type());
-  const c10::cuda::CUDAGuard guard(x.device());
+  const csfr_glue::DeviceGuard guard(x.device());
   Tensor dx = at::empty_like(x), ds = at::empty_like(s), dg = at::empty_like(g);
-  C10_CUDA_CHECK(csfr::blend_backward(kernel_dtype(x, "blend_backward"), mode, grad_z.data_ptr(), x.data_ptr(),
+  CSFR_CUDA_CHECK(csfr::blend_backward(kernel_dtype(x, "blend_backward"), mode, grad_z.data_ptr(), x.data_ptr(),
                                       s.data_ptr(), g.data_ptr(), dx.data_ptr(), ds.data_ptr(), dg.data_ptr(),
                                       x.size(0), x.size(1), x.size(2), stream()));
   return {dx, ds, dg};
 }
 
-}  // namespace
-
-TORCH_LIBRARY_IMPL(csfr, CUDA, m) {
+void register_kernels(torch::Library& m) {
   m.impl("segment_sum", &segment_sum_cuda);
   m.impl("cac_pixel_pass", &cac_pixel_pass_cuda);
   m.impl("pixel_grad", &pixel_grad_cuda);
   m.impl("blend_forward", &blend_forward_cuda);
   m.impl("blend_backward", &blend_backward_cuda);
 }
+
+}  // namespace
+
+#ifdef CSFR_EMULATION
+TORCH_LIBRARY(csfr_emulated, m) {
+  csfr::define_kernel_schemas(m);
+  m.def("set_schedule_seed(int seed) -> ()", [](int64_t seed) { csfr::emu::set_seed(static_cast<uint64_t>(seed)); });
+}
+TORCH_LIBRARY_IMPL(csfr_emulated, CPU, m) { register_kernels(m); }
+#else
+TORCH_LIBRARY_IMPL(csfr, CUDA, m) { register_kernels(m); }
+#endif

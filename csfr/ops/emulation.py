@@ -1,0 +1,129 @@
+"""The `cuda_emulated` test backend: the CUDA kernels of kernels/ run on the CPU.
+
+The unchanged .cu sources are compiled by the host C++ compiler against the emulated CUDA
+runtime in csrc/emulation/ (threads as fibers, barriers, warp collectives, synccheck errors)
+and registered as the op library `csfr_emulated` on CPU tensors. It exists to test the CUDA
+kernels without a GPU (docs/cuda.md, "Emulation"); `backend="auto"` never picks it. The build
+is just-in-time (torch.utils.cpp_extension, cached under build/emulation/ in the source tree),
+so it needs the source tree and a C++ compiler, not nvcc.
+
+Environment:
+    CSFR_EMULATION_LIBRARY: load this prebuilt library instead of building (the sanitizer run).
+    CSFR_EMULATION_SEED: initial seed of the block and thread schedule (default 0).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+_KERNELS = ROOT / "kernels"
+_RUNTIME = ROOT / "csrc" / "emulation"
+_GLUE = ROOT / "csrc" / "cuda" / "ops_cuda.cpp"
+_CPU_SOURCES = (ROOT / "csrc" / "ops.cpp", ROOT / "csrc" / "cpu_kernels.cpp")
+_SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+_LOADED: list[str] = []
+
+
+def why_unavailable() -> str | None:
+    """None if the emulated backend can be built and loaded here, else the reason."""
+    if os.environ.get("CSFR_EMULATION_LIBRARY"):
+        return None
+    if not (_KERNELS.is_dir() and _RUNTIME.is_dir() and _GLUE.is_file()):
+        return f"the CUDA emulation compiles kernels/ from the source tree, which is not at {ROOT}"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return "no C++ compiler found to build the CUDA emulation"
+    return None
+
+
+def _wrappers(build_dir: Path, sources: list[Path]) -> list[str]:
+    """The sources as C++ translation units: a .cu file is compiled through a generated .cpp that
+    includes it (torch's builder would hand a .cu file to nvcc)."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    units = []
+    for src in sources:
+        if src.suffix != ".cu":
+            units.append(str(src))
+            continue
+        wrapper = build_dir / f"unit_{src.stem}.cpp"
+        text = f'// generated: compiles {src.name} for the CPU emulation\n#include "{src}"\n'
+        if not wrapper.is_file() or wrapper.read_text() != text:
+            wrapper.write_text(text)
+        units.append(str(wrapper))
+    return units
+
+
+def _build(name: str, sources: list[str], build_dir: Path, flags: list[str], ldflags: list[str]) -> str:
+    from torch.utils import cpp_extension
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(name=name, sources=sources, build_directory=str(build_dir), extra_cflags=flags,
+                       extra_ldflags=ldflags, is_python_module=False, verbose=False)
+    return str(build_dir / f"{name}.so")
+
+
+def _flags(sanitized: bool) -> tuple[list[str], list[str]]:
+    common = ["-std=c++20", "-Wno-unknown-pragmas", "-fno-strict-aliasing"]
+    common += [*_SANITIZE, "-O1", "-g"] if sanitized else ["-O2"]
+    return common, (list(_SANITIZE) if sanitized else [])
+
+
+def compile_emulated(name: str, sources: list[Path], sanitized: bool = False) -> str:
+    """Compiles CUDA sources (.cu, or C++ using the CUDA API) with the emulation into a shared library.
+
+    Args:
+        name: library name; the build is cached under build/emulation/<variant>/<name>/.
+        sources: the files to compile with the emulated runtime (each its own translation unit).
+        sanitized: compile with AddressSanitizer and UndefinedBehaviorSanitizer (errors abort);
+            such a library only loads into a process started with the ASan runtime preloaded.
+
+    Returns:
+        The path of the built library (load it with torch.ops.load_library).
+    """
+    reason = why_unavailable()
+    if reason is not None:
+        raise RuntimeError(f"cannot build the CUDA emulation: {reason}")
+    build_dir = ROOT / "build" / "emulation" / ("sanitized" if sanitized else "plain") / name
+    common, ldflags = _flags(sanitized)
+    flags = [f"-I{_RUNTIME}", f"-I{_KERNELS}", "-DCSFR_EMULATION=1", *common]
+    units = [str(_RUNTIME / "runtime.cpp"), *_wrappers(build_dir, [Path(p) for p in sources])]
+    return _build(name, units, build_dir, flags, ldflags)
+
+
+def build(sanitized: bool = False) -> dict[str, str]:
+    """Builds the emulated CUDA kernels of kernels/ with their glue (and, sanitized, the CPU kernels too).
+
+    Args:
+        sanitized: see compile_emulated.
+
+    Returns:
+        {"emulated": path} and, when sanitized, {"cpu": path} to the built shared libraries.
+    """
+    variant = "sanitized" if sanitized else "plain"
+    paths = {"emulated": compile_emulated(f"csfr_emulated_{variant}", [_GLUE, *sorted(_KERNELS.glob("*.cu"))],
+                                          sanitized)}
+    if sanitized:
+        common, ldflags = _flags(True)
+        paths["cpu"] = _build("csfr_cpu_sanitized", [str(p) for p in _CPU_SOURCES],
+                              ROOT / "build" / "emulation" / variant / "cpu",
+                              [*common, "-fopenmp", "-fno-trapping-math"], [*ldflags, "-fopenmp"])
+    return paths
+
+
+def load() -> None:
+    """Loads the csfr_emulated op library once (building it first unless CSFR_EMULATION_LIBRARY is set)."""
+    if _LOADED:
+        return
+    path = os.environ.get("CSFR_EMULATION_LIBRARY") or build()["emulated"]
+    torch.ops.load_library(path)
+    _LOADED.append(path)
+
+
+def set_schedule_seed(seed: int) -> None:
+    """Seeds the order in which the emulation runs blocks and resumes threads (and restarts its stream)."""
+    load()
+    torch.ops.csfr_emulated.set_schedule_seed(seed)

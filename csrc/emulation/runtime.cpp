@@ -1,0 +1,487 @@
+// The emulated CUDA execution model (emulation.h): grid and block scheduling, fibers, barriers,
+// warp collectives and the synccheck-style errors.
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <mutex>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <unordered_map>
+#include <vector>
+
+#include "emulation.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define CSFR_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CSFR_EMU_ASAN 1
+#endif
+#endif
+
+#ifdef CSFR_EMU_ASAN
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+// ---- context switching ---------------------------------------------------------------------------
+// A fiber switch saves the callee-saved registers on the running stack and loads another stack
+// pointer. On x86-64 that is a few instructions (swapcontext would also make a signal-mask system
+// call per switch, which dominated the run time); elsewhere POSIX ucontext is used.
+#if defined(__x86_64__)
+extern "C" void csfr_emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .globl csfr_emu_switch
+  .type csfr_emu_switch, @function
+csfr_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size csfr_emu_switch, .-csfr_emu_switch
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+
+namespace {
+struct Context {
+  void* sp = nullptr;
+};
+
+// A fresh context that starts `entry` (which must never return) on the stack [base, base + size).
+void make_context(Context& ctx, unsigned char* base, size_t size, void (*entry)()) {
+  auto top = reinterpret_cast<uintptr_t>(base + size) & ~uintptr_t(15);
+  auto* slot = reinterpret_cast<uint64_t*>(top - 16);  // `ret` pops entry: rsp = top - 8 at its start, as after a call
+  slot[0] = reinterpret_cast<uint64_t>(entry);
+  slot[1] = 0;
+  uint64_t* frame = slot - 7;  // six callee-saved registers (zero) and the saved FP control words
+  for (int r = 1; r < 7; ++r) frame[r] = 0;
+  frame[0] = 0x1F80ull | (0x037Full << 32);  // default MXCSR, x87 control word
+  ctx.sp = frame;
+}
+
+inline void switch_context(Context& save, Context& load) { csfr_emu_switch(&save.sp, load.sp); }
+}  // namespace
+#else
+#include <ucontext.h>
+
+namespace {
+struct Context {
+  ucontext_t uc;
+};
+
+void make_context(Context& ctx, unsigned char* base, size_t size, void (*entry)()) {
+  getcontext(&ctx.uc);
+  ctx.uc.uc_stack.ss_sp = base;
+  ctx.uc.uc_stack.ss_size = size;
+  ctx.uc.uc_link = nullptr;
+  makecontext(&ctx.uc, entry, 0);
+}
+
+inline void switch_context(Context& save, Context& load) { swapcontext(&save.uc, &load.uc); }
+}  // namespace
+#endif
+
+namespace csfr {
+namespace emu {
+namespace {
+
+enum class State { kRunnable, kBlockBarrier, kCollective, kExited };
+
+struct Fiber {
+  Context context;
+  uint3 tid;
+  int warp = 0, lane = 0;
+  State state = State::kRunnable;
+  int64_t barriers = 0;  // __syncthreads passed
+  const char* site = nullptr;
+  Collective op = Collective::kShfl;
+  unsigned mask = 0;
+  int arg = 0, width = kWarpSize;
+  uint64_t payload = 0, result = 0;
+#ifdef CSFR_EMU_ASAN
+  void* fake_stack = nullptr;
+#endif
+};
+
+// One block's fibers and the scheduler's context; lives for one launch.
+struct Block {
+  std::vector<Fiber> fibers;
+  std::vector<std::vector<int>> warps;  // fiber index by warp and lane (-1 past the block's end)
+  Context scheduler;
+  Fiber* current = nullptr;
+  uint3 block_idx;
+  dim3 block_dim, grid_dim;
+  unsigned char* dynamic_smem = nullptr;
+  const std::function<void()>* body = nullptr;
+  std::string error;  // what a fiber threw; the scheduler rethrows it
+#ifdef CSFR_EMU_ASAN
+  const void* scheduler_stack = nullptr;
+  size_t scheduler_stack_size = 0;
+#endif
+};
+
+constexpr size_t kStackBytes = 256 * 1024;
+
+thread_local Block* g_block = nullptr;  // the block running on this OS thread
+thread_local cudaError_t g_last_error = cudaSuccess;
+std::mutex g_launch_mutex;  // static __shared__ arrays are process-wide: one launch at a time
+uint64_t g_seed = [] {
+  const char* env = std::getenv("CSFR_EMULATION_SEED");
+  return env ? std::strtoull(env, nullptr, 10) : 0;
+}();
+uint64_t g_launches = 0;
+std::unordered_map<const void*, int> g_max_dynamic_smem;
+
+// Fiber stacks, reused across launches (mapped lazily: untouched pages cost nothing).
+struct Stacks {
+  unsigned char* base = nullptr;
+  size_t count = 0;
+  unsigned char* get(size_t n) {
+    if (n > count) {
+      if (base) munmap(base, count * kStackBytes);
+      void* p = mmap(nullptr, n * kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+      if (p == MAP_FAILED) throw std::runtime_error("csfr CUDA emulation: cannot map fiber stacks");
+      base = static_cast<unsigned char*>(p);
+      count = n;
+    }
+    return base;
+  }
+} g_stacks;
+
+std::string describe(const Block& blk, const Fiber& f) {
+  std::ostringstream out;
+  out << "thread (" << f.tid.x << "," << f.tid.y << "," << f.tid.z << ") [warp " << f.warp << " lane " << f.lane
+      << "] of block (" << blk.block_idx.x << "," << blk.block_idx.y << "," << blk.block_idx.z << ")";
+  return out.str();
+}
+
+const char* collective_name(Collective op) {
+  switch (op) {
+    case Collective::kShfl: return "__shfl_sync";
+    case Collective::kShflXor: return "__shfl_xor_sync";
+    case Collective::kBallot: return "__ballot_sync";
+    case Collective::kAll: return "__all_sync";
+    case Collective::kAny: return "__any_sync";
+  }
+  return "?";
+}
+
+// Fiber <-> scheduler switches, with AddressSanitizer told which stack is live (its fiber API).
+void switch_to_scheduler(Block& blk, Fiber& f, bool exiting) {
+#ifdef CSFR_EMU_ASAN
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &f.fake_stack, blk.scheduler_stack, blk.scheduler_stack_size);
+#else
+  (void)exiting;
+#endif
+  switch_context(f.context, blk.scheduler);
+#ifdef CSFR_EMU_ASAN
+  __sanitizer_finish_switch_fiber(f.fake_stack, &blk.scheduler_stack, &blk.scheduler_stack_size);
+#endif
+}
+
+void resume(Block& blk, Fiber& f, unsigned char* stack) {
+  blk.current = &f;
+#ifdef CSFR_EMU_ASAN
+  void* save = nullptr;
+  __sanitizer_start_switch_fiber(&save, stack, kStackBytes);
+#else
+  (void)stack;
+#endif
+  switch_context(blk.scheduler, f.context);
+#ifdef CSFR_EMU_ASAN
+  __sanitizer_finish_switch_fiber(save, nullptr, nullptr);
+#endif
+  blk.current = nullptr;
+  if (!blk.error.empty()) throw SyncError(blk.error);
+}
+
+void fiber_entry() {
+  Block& blk = *g_block;
+  Fiber& f = *blk.current;
+#ifdef CSFR_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &blk.scheduler_stack, &blk.scheduler_stack_size);
+#endif
+  try {
+    (*blk.body)();
+  } catch (const std::exception& e) {  // an exception cannot unwind past a fiber's first frame
+    blk.error = e.what();
+  }
+  f.state = State::kExited;
+  switch_to_scheduler(blk, f, true);
+}
+
+// Waits at a barrier: marks the state, yields, and returns once the scheduler released it.
+void wait(State state) {
+  Block& blk = *g_block;
+  Fiber& f = *blk.current;
+  f.state = state;
+  switch_to_scheduler(blk, f, false);
+}
+
+// Completes warp collectives whose lanes have all arrived; reports the ones that can never complete.
+// Returns whether any fiber became runnable.
+bool release_collectives(Block& blk) {
+  bool progressed = false;
+  for (const auto& warp : blk.warps) {
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+      if (warp[lane] < 0) continue;
+      Fiber& f = blk.fibers[warp[lane]];
+      if (f.state != State::kCollective) continue;
+      bool ready = true;
+      for (int l = 0; l < kWarpSize && ready; ++l) {
+        if (!(f.mask >> l & 1u)) continue;
+        if (warp[l] < 0)
+          throw SyncError("synccheck: " + std::string(collective_name(f.op)) + " by " + describe(blk, f) +
+                          " names lane " + std::to_string(l) + ", which does not exist in a block of " +
+                          std::to_string(blk.block_dim.count()) + " threads");
+        const Fiber& g = blk.fibers[warp[l]];
+        if (g.state == State::kExited)
+          throw SyncError("synccheck: " + std::string(collective_name(f.op)) + " by " + describe(blk, f) +
+                          " names lane " + std::to_string(l) + ", which has exited");
+        if (g.state == State::kRunnable) ready = false;  // may still arrive
+        else if (g.state == State::kBlockBarrier ||
+                 (g.state == State::kCollective && (g.op != f.op || g.mask != f.mask)))
+          throw SyncError("synccheck: divergent warp collective: " + describe(blk, f) + " waits in " +
+                          collective_name(f.op) + " with mask 0x" + [&] {
+                            std::ostringstream o;
+                            o << std::hex << f.mask;
+                            return o.str();
+                          }() + " but lane " + std::to_string(l) + " waits at " +
+                          (g.state == State::kBlockBarrier ? std::string("__syncthreads ") + g.site
+                                                           : std::string(collective_name(g.op))));
+      }
+      if (!ready) continue;
+      if (!(f.mask >> lane & 1u))
+        throw SyncError("synccheck: " + describe(blk, f) + " calls " + collective_name(f.op) +
+                        " with a mask that does not name its own lane");
+      // everyone named is here: compute every participant's result
+      uint64_t ballot = 0;
+      for (int l = 0; l < kWarpSize; ++l)
+        if (f.mask >> l & 1u) ballot |= (blk.fibers[warp[l]].payload != 0 ? 1ull : 0ull) << l;
+      for (int l = 0; l < kWarpSize; ++l) {
+        if (!(f.mask >> l & 1u)) continue;
+        Fiber& g = blk.fibers[warp[l]];
+        int src = l;
+        switch (f.op) {
+          case Collective::kShfl: src = (l / g.width) * g.width + ((g.arg % g.width) + g.width) % g.width; break;
+          case Collective::kShflXor: {
+            const int x = l ^ g.arg;
+            src = x / g.width == l / g.width ? x : l;  // outside the lane's group: its own value
+            break;
+          }
+          default: break;
+        }
+        switch (f.op) {
+          case Collective::kShfl:
+          case Collective::kShflXor:
+            // a source lane outside the mask gives an undefined value on a GPU: the lane's own here
+            g.result = (f.mask >> src & 1u) ? blk.fibers[warp[src]].payload : g.payload;
+            break;
+          case Collective::kBallot: g.result = ballot; break;
+          case Collective::kAll: g.result = (ballot == (f.mask & 0xffffffffull)) ? 1 : 0; break;
+          case Collective::kAny: g.result = ballot != 0 ? 1 : 0; break;
+        }
+      }
+      for (int l = 0; l < kWarpSize; ++l)
+        if (f.mask >> l & 1u) blk.fibers[warp[l]].state = State::kRunnable;
+      progressed = true;
+    }
+  }
+  return progressed;
+}
+
+// Releases __syncthreads once every live thread waits there; reports threads that exited before it.
+bool release_block_barrier(Block& blk) {
+  const Fiber* waiting = nullptr;
+  for (const Fiber& f : blk.fibers) {
+    if (f.state == State::kExited) continue;
+    if (f.state != State::kBlockBarrier) return false;
+    if (waiting && std::strcmp(waiting->site, f.site) != 0)
+      throw SyncError("synccheck: divergent __syncthreads: " + describe(blk, *waiting) + " waits at " +
+                      waiting->site + " but " + describe(blk, f) + " waits at " + f.site);
+    waiting = &f;
+  }
+  if (!waiting) return false;
+  for (const Fiber& f : blk.fibers)
+    if (f.state == State::kExited && f.barriers <= waiting->barriers)
+      throw SyncError("synccheck: __syncthreads at " + std::string(waiting->site) + " is not reached by " +
+                      describe(blk, f) + ", which exited before it (barrier " +
+                      std::to_string(waiting->barriers + 1) + " of the block)");
+  for (Fiber& f : blk.fibers)
+    if (f.state == State::kBlockBarrier) {
+      f.state = State::kRunnable;
+      ++f.barriers;
+    }
+  return true;
+}
+
+std::string deadlock_report(const Block& blk) {
+  std::ostringstream out;
+  out << "synccheck: block (" << blk.block_idx.x << "," << blk.block_idx.y << "," << blk.block_idx.z
+      << ") cannot make progress:";
+  int shown = 0;
+  for (const Fiber& f : blk.fibers) {
+    if (f.state == State::kExited) continue;
+    if (shown++ >= 4) break;
+    out << " " << describe(blk, f) << " waits at "
+        << (f.state == State::kBlockBarrier ? std::string("__syncthreads ") + f.site : collective_name(f.op)) << ";";
+  }
+  return out.str();
+}
+
+void run_block(Block& blk, std::mt19937_64& rng) {
+  const size_t n = blk.fibers.size();
+  unsigned char* stacks = g_stacks.get(n);
+  for (size_t t = 0; t < n; ++t) {
+    Fiber& f = blk.fibers[t];
+    f.state = State::kRunnable;
+    f.barriers = 0;
+    make_context(f.context, stacks + t * kStackBytes, kStackBytes, fiber_entry);
+  }
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  for (;;) {
+    std::shuffle(order.begin(), order.end(), rng);
+    bool ran = false;
+    for (size_t t : order) {
+      if (blk.fibers[t].state != State::kRunnable) continue;
+      resume(blk, blk.fibers[t], stacks + t * kStackBytes);
+      ran = true;
+    }
+    if (ran) continue;
+    if (release_collectives(blk) || release_block_barrier(blk)) continue;
+    if (std::all_of(blk.fibers.begin(), blk.fibers.end(), [](const Fiber& f) { return f.state == State::kExited; }))
+      return;
+    throw SyncError(deadlock_report(blk));
+  }
+}
+
+}  // namespace
+
+const uint3& thread_idx() { return g_block->current->tid; }
+const uint3& block_idx() { return g_block->block_idx; }
+const dim3& block_dim() { return g_block->block_dim; }
+const dim3& grid_dim() { return g_block->grid_dim; }
+
+void syncthreads(const char* site) {
+  g_block->current->site = site;
+  wait(State::kBlockBarrier);
+}
+
+uint64_t warp_collective(Collective op, unsigned mask, uint64_t payload, int arg, int width) {
+  Fiber& f = *g_block->current;
+  if (width <= 0 || width > kWarpSize || (width & (width - 1)) != 0)
+    throw SyncError("warp collective with width " + std::to_string(width) + " (must be a power of two <= 32)");
+  f.op = op;
+  f.mask = mask;
+  f.payload = payload;
+  f.arg = arg;
+  f.width = width;
+  wait(State::kCollective);
+  return f.result;
+}
+
+void* dynamic_shared_memory() { return g_block->dynamic_smem; }
+
+void set_seed(uint64_t seed) {
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  g_seed = seed;
+  g_launches = 0;
+}
+
+cudaError_t set_max_dynamic_smem(const void* kernel_id, int bytes) {
+  if (bytes < 0 || bytes > kMaxSmemOptin) return cudaErrorInvalidValue;
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  g_max_dynamic_smem[kernel_id] = bytes;
+  return cudaSuccess;
+}
+
+void set_last_error(cudaError_t err) { g_last_error = err; }
+
+cudaError_t take_last_error() {
+  const cudaError_t err = g_last_error;
+  g_last_error = cudaSuccess;
+  return err;
+}
+
+const char* error_string(cudaError_t err) {
+  switch (err) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+  }
+  return "unknown error";
+}
+
+cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, const void* kernel_id, const std::function<void()>& body) {
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  if (block.count() == 0 || block.count() > kMaxThreadsPerBlock || grid.count() == 0 || grid.x > kMaxGridX ||
+      grid.y > kMaxGridYZ || grid.z > kMaxGridYZ || block.z > 64)
+    return cudaErrorInvalidConfiguration;
+  const auto opted = g_max_dynamic_smem.find(kernel_id);
+  const size_t smem_limit = opted == g_max_dynamic_smem.end() ? kDefaultDynamicSmem
+                                                              : std::max<size_t>(kDefaultDynamicSmem, opted->second);
+  if (smem > smem_limit) return cudaErrorInvalidValue;
+
+  std::mt19937_64 rng(g_seed * 0x9e3779b97f4a7c15ull + (++g_launches));
+  Block blk;
+  blk.block_dim = block;
+  blk.grid_dim = grid;
+  blk.body = &body;
+  const unsigned nthreads = static_cast<unsigned>(block.count());
+  blk.fibers.resize(nthreads);
+  blk.warps.assign((nthreads + kWarpSize - 1) / kWarpSize, std::vector<int>(kWarpSize, -1));
+  for (unsigned t = 0; t < nthreads; ++t) {  // CUDA's numbering: x fastest, then y, then z
+    Fiber& f = blk.fibers[t];
+    f.tid = {t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+    f.warp = static_cast<int>(t / kWarpSize);
+    f.lane = static_cast<int>(t % kWarpSize);
+    blk.warps[f.warp][f.lane] = static_cast<int>(t);
+  }
+  // exactly `smem` bytes, so that an overrun is a heap overflow under AddressSanitizer
+  std::vector<unsigned char> dynamic(smem);
+  blk.dynamic_smem = smem ? dynamic.data() : nullptr;
+
+  std::vector<uint64_t> order(grid.count());
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  Block* const outer = g_block;
+  g_block = &blk;
+  try {
+    for (uint64_t id : order) {
+      blk.block_idx = {static_cast<unsigned>(id % grid.x), static_cast<unsigned>((id / grid.x) % grid.y),
+                       static_cast<unsigned>(id / (1ull * grid.x * grid.y))};
+      run_block(blk, rng);
+    }
+  } catch (...) {
+    g_block = outer;
+    throw;
+  }
+  g_block = outer;
+  return cudaSuccess;
+}
+
+}  // namespace emu
+}  // namespace csfr
