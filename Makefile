@@ -3,13 +3,21 @@
 #   make test   installs, runs the test suite
 # TORCH_SPEC picks the torch to install when none is present (the default installs a CPU
 # build here; an unpinned `torch` would pull several GB of CUDA wheels).
+#
+# On a GPU machine (no package index needed; docs/cuda.md, "make gpu-check"), each under 9 minutes:
+#   make gpu-check  builds CUDA in place, pytest -m cuda, compute-sanitizer, GPU + CPU training
+#   make gpu-bench  builds, then the operator and training-step benchmarks into benchmarks/RESULTS.md
+# GPU_CHECK_OUT gets the logs and summaries (copy it off the machine); GPU_CHECK_ARGS=--dry-run lists
+# the steps and their commands without running them.
 
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 WORK_DIR ?= runs/demo
+GPU_CHECK_OUT ?= runs/gpu-check
+GPU_CHECK_ARGS ?=
 
-.PHONY: install test demo bench
+.PHONY: install test demo bench gpu-check gpu-bench
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
@@ -27,3 +35,10 @@ demo: install
 
 bench: install
 	$(PYTHON) benchmarks/bench_ops.py
+
+# no `install` prerequisite: a GPU machine here has no package index; the first step builds in place
+gpu-check:
+	@$(PYTHON) tools/gpu_check.py check --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+gpu-bench:
+	@$(PYTHON) tools/gpu_check.py bench --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)

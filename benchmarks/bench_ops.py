@@ -35,6 +35,7 @@ DELTA_V, DELTA_D = 0.5, 1.5
 # (B, D, H, W, K): the shapes the issues fix; --quick uses tiny ones
 SHAPES = [(8, 512, 97, 97, 19), (16, 512, 64, 64, 150)]
 QUICK_SHAPES = [(2, 16, 9, 11, 5)]
+FUSED_ON = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}  # the fused backends timed per device
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
 
@@ -65,12 +66,16 @@ class Case:
         labels[torch.rand(b, h, w, generator=gen) < 0.1] = IGNORE
         return rand(b, d, h, w), labels.to(self.device)
 
+    def feature_bytes(self) -> int:
+        """size(F): the bytes of the features (of one blend operand for gated_blend)."""
+        b, d, h, w, _ = self.shape
+        return b * d * h * w * torch.finfo(self.dtype).bits // 8
+
     def bytes_moved(self) -> int:
         """Minimum traffic of forward + backward (docs/benchmarks.md, "Bytes model")."""
-        b, d, h, w, _ = self.shape
-        n = h * w
-        feats = b * d * n * torch.finfo(self.dtype).bits // 8
-        labels = b * n * 8
+        b, _, h, w, _ = self.shape
+        feats = self.feature_bytes()
+        labels = b * h * w * 8
         if self.op == "class_centroids":  # fwd: read F, y; bwd: read y, write dF
             return 2 * feats + 2 * labels
         if self.op == "cac_loss":  # fwd: two passes over F, y; bwd: read F, y, write dF
@@ -172,6 +177,72 @@ def markdown(results: list[tuple[Case, list[dict]]], title: str, copy_gbs: float
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class Target:
+    """A measured-bandwidth target of issue 13 (docs/benchmarks.md, "Targets"), checked per fused backend
+    at each of SHAPES; `measure` reads it off a result row (None: not measured)."""
+
+    op: str
+    what: str
+    bound: float
+    at_least: bool
+    measure: Callable[[Case, dict, dict[str, dict]], float | None]
+
+    def check(self, value: float) -> bool:
+        return value >= self.bound if self.at_least else value <= self.bound
+
+
+def _versus(impl: str) -> Callable[[Case, dict, dict[str, dict]], float | None]:
+    return lambda case, row, rows: rows[impl]["ms"] / row["ms"] if impl in rows else None
+
+
+TARGETS = [
+    Target("cac_loss", "x eager", 5.0, True, _versus("eager")),
+    Target("cac_loss", "x compile", 1.5, True, _versus("compile")),
+    Target("cac_loss", "share of copy bandwidth", 0.70, True, lambda case, row, rows: row["copy_share"]),
+    Target("cac_loss", "peak extra / size(F)", 1.1, False,
+           lambda case, row, rows: None if row["mem"] is None else row["mem"] / case.feature_bytes()),
+    Target("class_centroids", "x index_add_", 3.0, True, _versus("index_add_")),
+    Target("gated_blend", "x eager", 2.0, True, _versus("eager")),
+]
+REFERENCE_IMPLS = ("eager", "compile", "index_add_")
+
+
+def check_targets(results: list[tuple[Case, list[dict]]]) -> list[dict]:
+    """Every target for every fused implementation timed at a target shape: measured value and PASS/FAIL
+    (NOT MEASURED when the operator or shape was not run)."""
+    checks = []
+    for target in TARGETS:
+        for shape in SHAPES:
+            found = [(case, rows) for case, rows in results if case.op == target.op and case.shape == shape]
+            fused = [row for _, rows in found for row in rows if row["impl"] not in REFERENCE_IMPLS]
+            if not fused:
+                checks.append({"target": target, "shape": shape, "impl": "-", "value": None, "result": "NOT MEASURED"})
+            for case, rows in found:
+                by_impl = {row["impl"]: row for row in rows}
+                for row in rows:
+                    if row["impl"] in REFERENCE_IMPLS:
+                        continue
+                    value = target.measure(case, row, by_impl)
+                    result = "NOT MEASURED" if value is None else "PASS" if target.check(value) else "FAIL"
+                    checks.append({"target": target, "shape": shape, "impl": row["impl"], "value": value,
+                                   "result": result})
+    return checks
+
+
+def targets_markdown(checks: list[dict]) -> str:
+    """The targets table: what was required, what was measured, PASS or FAIL."""
+    lines = ["Targets (issue 13, set for an H100; docs/benchmarks.md):", "",
+             "| op | shape | impl | target | required | measured | result |", "|---|---|---|---|---:|---:|---|"]
+    for c in checks:
+        t = c["target"]
+        b, d, h, w, k = c["shape"]
+        value = "-" if c["value"] is None else f"{c['value']:.2f}"
+        lines.append(f"| {t.op} | B={b} D={d} {h}x{w} K={k} | {c['impl']} | {t.what} | "
+                     f"{'>=' if t.at_least else '<='} {t.bound:g} | {value} | {c['result']} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_section(path: str, title: str, section: str, heading: str = "# Operator benchmark results") -> None:
     """Replaces the section `## title` of the results file (or appends it), atomically; a new file
     starts with `heading`."""
@@ -211,7 +282,7 @@ def main(argv=None) -> None:
         args.repeat = min(args.repeat, 2)
     dtype = getattr(torch, args.dtype)
     available = [name for name, state in csfr.ops.backends().items() if state == "available" and name != "torch"]
-    backends = [name for name in available if (name == "cpu") == (device.type == "cpu")]
+    backends = [name for name in available if name in FUSED_ON[device.type]]
     shapes = QUICK_SHAPES if args.quick else SHAPES
     title = device_description(device) + (" (quick)" if args.quick else "")
     print(f"{title}; fused backends timed: {', '.join(backends) or 'none'}", flush=True)
@@ -223,6 +294,8 @@ def main(argv=None) -> None:
             case = Case(op, shape, dtype, device)
             results.append((case, run_case(case, backends, args.repeat, copy_gbs)))
     section = markdown(results, title, copy_gbs, args)
+    if device.type == "cuda":  # the targets are set for a GPU
+        section += "\n" + targets_markdown(check_targets(results))
     out = args.out or (None if args.quick else RESULTS)
     if out is not None:
         write_section(out, title, section)

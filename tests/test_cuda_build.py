@@ -18,6 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = sorted((ROOT / "kernels").glob("*.cu"))
 GLUE = sorted((ROOT / "csrc" / "cuda").glob("*.cpp"))
+DRIVER = ROOT / "tools" / "kernel_driver.cu"  # host program of make gpu-check: linked against the kernels
 ARCHS = ("80", "90")
 _TORCH_NVCC_FLAGS = ("-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                      "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
@@ -79,7 +80,7 @@ def builds(tmp_path_factory):
     jobs, skipped = {}, {}
     if nvcc:
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]
-        for src in KERNELS:
+        for src in [*KERNELS, DRIVER]:
             # setup.py's nvcc flags plus the half/bfloat16 restrictions torch's build adds
             cmd = [nvcc, "-std=c++17", "-O3", "--use_fast_math", *_TORCH_NVCC_FLAGS, *gencode,
                    f"-I{ROOT / 'kernels'}", "-c", str(src), "-o", str(tmp / f"{src.stem}.o")]
@@ -121,6 +122,24 @@ def test_kernel_compiles_for_sm80_sm90(builds, src):
                                  check=True).stdout
         for arch in ARCHS:
             assert f"sm_{arch}" in listing, f"{src.name}: no sm_{arch} code in the object:\n{listing}"
+
+
+@pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
+def test_kernel_driver_links_and_needs_a_gpu(builds):
+    """tools/kernel_driver.cu calls every launcher; it links against the kernels' objects, and without
+    a GPU it stops with one line (exit 2) instead of crashing."""
+    results, _, tmp = builds
+    rc, out = results[DRIVER]
+    assert rc == 0, f"nvcc failed on {DRIVER.name}:\n{out}"
+    exe = tmp / "kernel_driver"
+    objs = [str(tmp / f"{src.stem}.o") for src in (*KERNELS, DRIVER)]
+    link = subprocess.run([_nvcc(), *objs, "-o", str(exe)], capture_output=True, text=True, timeout=300, check=False)
+    assert link.returncode == 0, f"linking the kernel driver failed:\n{link.stdout}{link.stderr}"
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300, check=False)
+    if run.returncode == 2 and "no CUDA device" in run.stderr:
+        assert run.stderr.count("\n") == 1 and run.stdout == ""
+    else:  # a GPU is visible: the driver's own checks decide
+        assert run.returncode == 0, f"kernel driver failed:\n{run.stdout}{run.stderr}"
 
 
 @pytest.mark.parametrize("src", GLUE, ids=lambda p: p.name)

@@ -1,0 +1,233 @@
+"""`make gpu-check` / `make gpu-bench` (tools/gpu_check.py) and the GPU benchmarks' CPU-side parts: the
+targets exist and list the right steps, the script stops with one line without a GPU, steps are run,
+time-boxed and summarised, sanitizer reports are read, and the benchmark tables are built from
+measured numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_GPU = torch.cuda.is_available()
+
+
+def load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    return load(ROOT / "tools" / "gpu_check.py", "gpu_check")
+
+
+@pytest.fixture(scope="module")
+def bench_ops():
+    return load(ROOT / "benchmarks" / "bench_ops.py", "bench_ops")
+
+
+def dry_run(target: str) -> list[tuple[str, list[str]]]:
+    """(step name, its command lines) from --dry-run."""
+    out = subprocess.run([sys.executable, "tools/gpu_check.py", target, "--dry-run"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    steps = []
+    for line in out.splitlines():
+        if line.startswith("step "):
+            steps.append((line.split(": ", 1)[1].split(" (limit")[0], []))
+        elif line.startswith("  "):
+            steps[-1][1].append(line.strip())
+    return steps
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make not found")
+@pytest.mark.parametrize("target", ["check", "bench"])
+def test_make_targets_call_the_script(target, tmp_path):
+    out = subprocess.run(["make", "-n", f"gpu-{target}", f"GPU_CHECK_OUT={tmp_path}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert f"tools/gpu_check.py {target} --out {tmp_path}" in out
+    assert "pip install" not in out  # no `install` prerequisite: GPU machines have no package index
+
+
+def test_check_dry_run_lists_the_steps_in_order():
+    steps = dry_run("check")
+    assert [name for name, _ in steps] == [
+        "build", "pytest -m cuda", "kernel driver", "compute-sanitizer memcheck", "compute-sanitizer racecheck",
+        "compute-sanitizer synccheck", "train on the GPU", "train on the CPU"]
+    cmds = dict(steps)
+    assert cmds["build"][0].startswith("CSFR_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=")
+    assert cmds["build"][0].endswith("-m pip install --no-deps --no-build-isolation -e .")
+    assert "csfr.ops.backends()" in cmds["build"][1]
+    assert cmds["pytest -m cuda"][0].endswith("-m pytest -m cuda -q -p no:cacheprovider")
+    compile_cmd, run_cmd = cmds["kernel driver"]
+    assert "tools/kernel_driver.cu" in compile_cmd and "kernels/segment_sum.cu" in compile_cmd
+    driver = compile_cmd.rsplit(" -o ", 1)[1]
+    assert run_cmd == driver
+    for tool in ("memcheck", "racecheck", "synccheck"):
+        cmd = cmds[f"compute-sanitizer {tool}"][0]
+        assert f"--tool {tool} --error-exitcode 1" in cmd and cmd.endswith(driver)
+    train = cmds["train on the GPU"][1]
+    assert "-m torch.distributed.run --standalone --nproc_per_node 1 -m csfr.train --config synthetic" in train
+    assert "--amp bfloat16" in train and "train.device=cuda" in train and "train.iters=300" in train
+    assert "-m csfr.evaluate" in cmds["train on the GPU"][2] and "--flip" in cmds["train on the GPU"][2]
+    assert "train.device=cpu" in cmds["train on the CPU"][1]
+
+
+def test_bench_dry_run_lists_the_steps_in_order():
+    steps = dry_run("bench")
+    assert [name for name, _ in steps] == ["build", "bench_ops --device cuda", "bench_train_step"]
+    assert steps[1][1][0].endswith("benchmarks/bench_ops.py --device cuda")
+    assert steps[2][1][0].endswith("benchmarks/bench_train_step.py --device cuda")
+
+
+def test_training_commands_are_accepted_by_the_clis(gpu_check, tmp_path, capsys):
+    """The exact train and evaluate arguments of the check parse (the train config is resolved and printed)."""
+    from csfr import evaluate, train
+
+    steps = {s.name: s for s in gpu_check.check_steps(sys.executable, "9.0", tmp_path, 300, 1)}
+    _, train_cmd, eval_cmd = steps["train on the GPU"].commands
+    args = train_cmd[train_cmd.index("csfr.train") + 1:]
+    assert train.main([*args, "--print-config"]) == 0
+    config = json.loads(capsys.readouterr().out)
+    assert (config["train"]["iters"], config["train"]["amp"], config["train"]["device"]) == (300, "bfloat16", "cuda")
+    parsed = evaluate.parser().parse_args(eval_cmd[eval_cmd.index("csfr.evaluate") + 1:])
+    assert parsed.flip and parsed.checkpoint == tmp_path / "train-gpu" / "checkpoints" / "best.pt"
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is visible")
+@pytest.mark.parametrize("target", ["check", "bench"])
+def test_without_a_gpu_it_stops_with_one_line(target, tmp_path):
+    proc = subprocess.run([sys.executable, "tools/gpu_check.py", target, "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gpu-{target}: no usable CUDA GPU: torch ")
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_steps_run_in_order_time_boxed_and_checked(gpu_check, tmp_path):
+    py = sys.executable
+    Step = gpu_check.Step
+    steps = [
+        Step("fine", [[py, "-c", "print('first')"], [py, "-c", "print('second')"]], 60),
+        Step("fails", [[py, "-c", "import sys; sys.exit(3)"], [py, "-c", "print('never')"]], 60),
+        Step("slow", [[py, "-c", "import time; time.sleep(30)"]], 1),
+        Step("checked", [[py, "-c", "print('ERROR SUMMARY: 2 errors')"]], 60,
+             check=lambda out: gpu_check.sanitizer_findings("memcheck", out)),
+        Step("required", [[py, "-c", "import sys; sys.exit(1)"]], 60, required=True),
+        Step("after", [[py, "-c", "print('after')"]], 60),
+    ]
+    log = gpu_check.Log(tmp_path / "log.txt")
+    results = gpu_check.run_steps(steps, log, budget_s=120)
+    assert [(r["step"], r["status"]) for r in results] == [
+        ("fine", "ok"), ("fails", "FAIL"), ("slow", "TIMEOUT"), ("checked", "FAIL"), ("required", "FAIL"),
+        ("after", "skipped")]
+    assert results[2]["seconds"] < 20
+    assert "exit status 3" in results[1]["why"] and results[3]["why"] == "memcheck: 2 error(s)"
+    text = (tmp_path / "log.txt").read_text()
+    assert "first\n" in text and "second\n" in text and "never" not in text and "after\n" not in text
+
+
+def test_budget_skips_what_does_not_fit(gpu_check, tmp_path):
+    py = sys.executable
+    steps = [gpu_check.Step("long", [[py, "-c", "import time; time.sleep(30)"]], 60),
+             gpu_check.Step("next", [[py, "-c", "print(1)"]], 60)]
+    results = gpu_check.run_steps(steps, gpu_check.Log(tmp_path / "log.txt"), budget_s=1)
+    assert [r["status"] for r in results] == ["TIMEOUT", "skipped"]
+
+
+@pytest.mark.parametrize("tool, output, finding", [
+    ("memcheck", "========= ERROR SUMMARY: 0 errors\n", None),
+    ("memcheck", "========= Invalid __global__ read\n========= ERROR SUMMARY: 1 error\n", "memcheck: 1 error(s)"),
+    ("synccheck", "kernel_driver: 0 failure(s)\n", "synccheck printed no ERROR SUMMARY"),
+    ("racecheck", "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)\n", None),
+    ("racecheck", "========= RACECHECK SUMMARY: 1 hazard displayed (0 errors, 1 warning)\n",
+     "racecheck: 1 hazard(s) (0 errors, 1 warnings)"),
+    ("racecheck", "========= ERROR SUMMARY: 0 errors\n", "racecheck printed no RACECHECK SUMMARY"),
+])
+def test_sanitizer_findings(gpu_check, tool, output, finding):
+    assert gpu_check.sanitizer_findings(tool, output) == finding
+
+
+def test_summary_names_the_device_and_every_step(gpu_check):
+    results = [{"step": "build", "status": "ok", "seconds": 61.4, "why": ""},
+               {"step": "pytest -m cuda", "status": "FAIL", "seconds": 12.0, "why": "exit status 1"}]
+    text = gpu_check.summary("check", "NVIDIA H100 80GB HBM3 (sm_90)", results, ["| extra |"])
+    assert text.startswith("# make gpu-check: NVIDIA H100 80GB HBM3 (sm_90)\n")
+    assert "| build | ok | 61 |  |" in text and "| pytest -m cuda | FAIL | 12 | exit status 1 |" in text
+    assert "73 s in all" in text and text.endswith("| extra |\n")
+
+
+def test_train_report_puts_gpu_next_to_cpu(gpu_check, tmp_path):
+    for run, (val, flip) in {"train-gpu": (50.0, 52.5), "train-cpu": (48.0, 51.25)}.items():
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.json").write_text(json.dumps({"mIoU": val}))
+        (tmp_path / run / "eval_flip.json").write_text(json.dumps({"mIoU": flip}))
+    lines = gpu_check.train_report(tmp_path, 300)
+    assert "| GPU, torchrun, bf16 autocast | 50.00 | 52.50 |" in lines
+    assert "| CPU, float32 | 48.00 | 51.25 |" in lines
+    assert any(line.startswith("GPU - CPU (evaluate --flip): +1.25 mIoU") for line in lines)
+    (tmp_path / "train-gpu" / "eval_flip.json").unlink()  # a failed run shows as "-"
+    assert "| GPU, torchrun, bf16 autocast | 50.00 | - |" in gpu_check.train_report(tmp_path, 300)
+
+
+def test_targets_pass_or_fail_on_the_measured_numbers(bench_ops):
+    shape = bench_ops.SHAPES[0]
+    cac = bench_ops.Case("cac_loss", shape, torch.float32, torch.device("cpu"))
+    size_f = cac.feature_bytes()
+    rows = [{"impl": "eager", "ms": 60.0}, {"impl": "compile", "ms": 12.0},
+            {"impl": "cuda", "ms": 10.0, "copy_share": 0.75, "mem": 1.05 * size_f},
+            {"impl": "triton", "ms": 20.0, "copy_share": 0.5, "mem": 2.0 * size_f}]
+    blend = bench_ops.Case("gated_blend", shape, torch.float32, torch.device("cpu"))
+    blend_rows = [{"impl": "eager", "ms": 5.0}, {"impl": "compile", "ms": 3.0},
+                  {"impl": "cuda", "ms": 2.0, "copy_share": 0.9, "mem": 0}]
+    checks = bench_ops.check_targets([(cac, rows), (blend, blend_rows)])
+    got = {(c["target"].op, c["target"].what, c["shape"], c["impl"]): (c["value"], c["result"]) for c in checks}
+    assert got[("cac_loss", "x eager", shape, "cuda")] == (6.0, "PASS")
+    assert got[("cac_loss", "x eager", shape, "triton")] == (3.0, "FAIL")
+    assert got[("cac_loss", "x compile", shape, "cuda")] == (1.2, "FAIL")
+    assert got[("cac_loss", "share of copy bandwidth", shape, "cuda")] == (0.75, "PASS")
+    assert got[("cac_loss", "peak extra / size(F)", shape, "cuda")] == (pytest.approx(1.05), "PASS")
+    assert got[("cac_loss", "peak extra / size(F)", shape, "triton")] == (2.0, "FAIL")
+    assert got[("gated_blend", "x eager", shape, "cuda")] == (2.5, "PASS")
+    # not run: class_centroids at both shapes, the second shape of the others
+    assert got[("class_centroids", "x index_add_", shape, "-")] == (None, "NOT MEASURED")
+    assert got[("cac_loss", "x eager", bench_ops.SHAPES[1], "-")] == (None, "NOT MEASURED")
+    table = bench_ops.targets_markdown(checks)
+    assert "| cac_loss | B=8 D=512 97x97 K=19 | cuda | x compile | >= 1.5 | 1.20 | FAIL |" in table
+    assert "| cac_loss | B=8 D=512 97x97 K=19 | cuda | peak extra / size(F) | <= 1.1 | 1.05 | PASS |" in table
+
+
+def test_train_step_benchmark_runs_on_cpu(tmp_path):
+    """bench_train_step at a tiny size on the CPU, so the GPU benchmark's code cannot rot."""
+    bench = load(ROOT / "benchmarks" / "bench_train_step.py", "bench_train_step")
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Operator benchmark results\n\n## Some GPU\n\nkept\n")
+    bench.main(["--device", "cpu", "--config", "synthetic", "--models", "csfr_r50_d8", "fcn_r50_d8", "--size", "33",
+                "--steps", "1", "--warmup", "1", "--set", "model.options.width=8", "--out", str(out)])
+    text = out.read_text()
+    assert "## Some GPU\n\nkept" in text and "## Training step: " in text
+    assert "33x33 crops, batch 2, autocast bfloat16" in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith(("| csfr_r50_d8", "| fcn_r50_d8"))]
+    assert [r[0].strip() for r in rows] == ["csfr_r50_d8", "fcn_r50_d8"]
+    assert all(float(r[1]) > 0 and float(r[2]) > 0 for r in rows)
+    assert "csfr_r50_d8 / fcn_r50_d8 step time: x" in text
+
+
+def test_train_step_batch_has_blocky_labels_and_an_ignore_band():
+    bench = load(ROOT / "benchmarks" / "bench_train_step.py", "bench_train_step")
+    images, labels = bench.make_batch(2, 65, torch.device("cpu"))
+    assert images.shape == (2, 3, 65, 65) and labels.shape == (2, 65, 65) and labels.dtype == torch.long
+    assert (labels[:, 65 - 65 // 8:] == bench.IGNORE).all()
+    kept = labels[:, : 65 - 65 // 8]
+    assert kept.max() < bench.NUM_CLASSES and (kept[:, :32, :32] == kept[:, :1, :1]).all()

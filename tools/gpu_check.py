@@ -1,0 +1,343 @@
+"""Verify and benchmark csfr on a GPU machine with one command each (docs/cuda.md, "make gpu-check").
+
+    python tools/gpu_check.py check   # build CUDA in place, pytest -m cuda, kernels under compute-sanitizer,
+                                      # train the synthetic preset on the GPU (torchrun, bf16) and on the CPU
+    python tools/gpu_check.py bench   # build, then bench_ops --device cuda and the training-step benchmark
+    python tools/gpu_check.py check --dry-run   # list the steps and their exact commands; run nothing
+
+Made for a GPU machine with no package index (torch, triton, nvcc and compute-sanitizer installed):
+nothing is downloaded, the build is `pip install --no-deps --no-build-isolation -e .`. Each step
+runs under its own time limit; a failed step is reported and the next one still runs (the build
+excepted: without it nothing else can), so one session on a GPU finds every problem at once.
+Everything printed goes to <out>/<target>.log as well, with a summary in <out>/<target>-summary.md
+and, for bench, a copy of benchmarks/RESULTS.md: copy <out> off a machine about to go away.
+Without a GPU the command stops at once with one line (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# torch's extension build adds these to nvcc; the driver and kernels are compiled with them too
+TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
+                    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
+                    "--expt-relaxed-constexpr"]
+SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck")
+TRAIN_CONFIG = "synthetic"
+
+
+@dataclass
+class Step:
+    """One step: commands run in order (the step stops at the first that fails), under one time limit.
+
+    `check(outputs)` may turn the commands' combined output into a failure message (None: fine).
+    """
+
+    name: str
+    commands: list[list[str]]
+    timeout_s: int
+    env: dict[str, str] = field(default_factory=dict)
+    required: bool = False  # a failure stops the run
+    check: object = None
+
+
+def sanitizer_findings(tool: str, output: str) -> str | None:
+    """What compute-sanitizer `tool` reported in `output`, or None when its summary says it found nothing.
+    A missing summary counts as a finding (the tool did not get to the end)."""
+    if tool == "racecheck":
+        found = re.findall(r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)", output)
+        if not found:
+            return "racecheck printed no RACECHECK SUMMARY"
+        bad = [f for f in found if any(int(n) for n in f)]
+        return f"racecheck: {bad[0][0]} hazard(s) ({bad[0][1]} errors, {bad[0][2]} warnings)" if bad else None
+    found = re.findall(r"ERROR SUMMARY: (\d+) errors?", output)
+    if not found:
+        return f"{tool} printed no ERROR SUMMARY"
+    bad = [n for n in found if int(n)]
+    return f"{tool}: {bad[0]} error(s)" if bad else None
+
+
+def driver_check(output: str) -> str | None:
+    """The kernel driver's own verdict: its last line must report no wrong value."""
+    return None if "kernel_driver: 0 failure(s)" in output else "the kernel driver reported wrong values or stopped"
+
+
+def find_cuda_tool(name: str) -> str | None:
+    """A CUDA toolkit program: on PATH, in $CUDA_HOME/bin, beside nvcc, or in /usr/local/cuda*/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    dirs = [os.path.join(os.environ[v], "bin") for v in ("CUDA_HOME", "CUDA_PATH") if os.environ.get(v)]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        dirs.append(str(Path(nvcc).resolve().parent))
+    dirs += sorted(glob.glob("/usr/local/cuda*/bin"), reverse=True)
+    for d in dirs:
+        path = os.path.join(d, name)
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def build_steps(py: str, arch: str) -> list[Step]:
+    """Step 1: build the extension in place for the GPU present; print the backends; fail without cuda."""
+    show = ('import csfr; b = csfr.ops.backends(); print("csfr.ops.backends():", b); '
+            'raise SystemExit(0 if b["cuda"] == "available" else "the cuda backend is not available: " + b["cuda"])')
+    return [Step("build", [[py, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."],
+                           [py, "-c", show]], 300,
+                 env={"CSFR_BUILD_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch}, required=True)]
+
+
+def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int) -> list[Step]:
+    """`make gpu-check`: build, pytest -m cuda, sanitizers, GPU and CPU training of the synthetic preset."""
+    nvcc = find_cuda_tool("nvcc") or "nvcc"
+    sanitizer = find_cuda_tool("compute-sanitizer") or "compute-sanitizer"
+    sm = arch.replace(".", "")
+    driver = str(work / "kernel_driver")
+    sources = ["tools/kernel_driver.cu", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels").glob("*.cu"))]
+    compile_driver = [nvcc, "-std=c++17", "-O3", "-lineinfo", *TORCH_NVCC_FLAGS,
+                      f"-gencode=arch=compute_{sm},code=sm_{sm}", "-Ikernels", *sources, "-o", driver]
+
+    def sanitize(tool: str) -> Step:
+        leak = ["--leak-check", "full"] if tool == "memcheck" else []
+        return Step(f"compute-sanitizer {tool}", [[sanitizer, "--tool", tool, "--error-exitcode", "1", *leak, driver]],
+                    120, check=lambda out: sanitizer_findings(tool, out) or driver_check(out))
+
+    gpu, cpu = work / "train-gpu", work / "train-cpu"
+    schedule = ["--set", f"train.iters={iters}", "--set", f"train.val_interval={iters}",
+                "--set", f"train.ckpt_interval={iters}", "--no-progress"]
+    train_gpu = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+                 "-m", "csfr.train", "--config", TRAIN_CONFIG, "--work-dir", str(gpu), "--amp", "bfloat16",
+                 "--set", "train.device=cuda", *schedule]
+    train_cpu = [py, "-m", "csfr.train", "--config", TRAIN_CONFIG, "--work-dir", str(cpu),
+                 "--set", "train.device=cpu", *schedule]
+
+    def evaluate(run: Path) -> list[str]:
+        return [py, "-m", "csfr.evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--flip",
+                "--json", str(run / "eval_flip.json")]
+
+    return [
+        *build_steps(py, arch),
+        Step("pytest -m cuda", [[py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider"]], 240),
+        Step("kernel driver", [compile_driver, [driver]], 120, check=driver_check),
+        *(sanitize(tool) for tool in SANITIZER_TOOLS),
+        Step("train on the GPU", [["rm", "-rf", str(gpu)], train_gpu, evaluate(gpu)], 180),
+        Step("train on the CPU", [["rm", "-rf", str(cpu)], train_cpu, evaluate(cpu)], 150),
+    ]
+
+
+def bench_steps(py: str, arch: str) -> list[Step]:
+    """`make gpu-bench`: build, operator benchmark on CUDA, training-step benchmark."""
+    return [
+        *build_steps(py, arch),
+        Step("bench_ops --device cuda", [[py, "benchmarks/bench_ops.py", "--device", "cuda"]], 330),
+        Step("bench_train_step", [[py, "benchmarks/bench_train_step.py", "--device", "cuda"]], 180),
+    ]
+
+
+def train_report(work: Path, iters: int) -> list[str]:
+    """The mIoUs of the GPU and CPU runs (last validation, and evaluate --flip), as markdown lines."""
+    lines = [f"| run ({TRAIN_CONFIG}, {iters} iterations) | validation mIoU | evaluate --flip mIoU |", "|---|---:|---:|"]
+    values = {}
+    for label, run in (("GPU, torchrun, bf16 autocast", "train-gpu"), ("CPU, float32", "train-cpu")):
+        got = []
+        for name in ("metrics.json", "eval_flip.json"):
+            path = work / run / name
+            got.append(json.loads(path.read_text()).get("mIoU") if path.is_file() else None)
+        values[run] = got
+        lines.append(f"| {label} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in got) + " |")
+    gpu, cpu = values["train-gpu"][1], values["train-cpu"][1]
+    if gpu is not None and cpu is not None:
+        lines += ["", (f"GPU - CPU (evaluate --flip): {gpu - cpu:+.2f} mIoU (same seed and data; float rounding "
+                       "and atomics make the runs drift apart, so expect a few points, not 0)")]
+    return lines
+
+
+class Log:
+    """Writes to the console and to the log file at once."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = path.open("w")
+
+    def write(self, text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        self.file.write(text)
+        self.file.flush()
+
+
+def run_command(cmd: list[str], env: dict[str, str], deadline: float, log: Log) -> tuple[int | None, str]:
+    """Runs cmd in its own process group, streaming its output; (return code or None on timeout, output)."""
+    log.write(f"$ {shlex.join(cmd)}\n")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                            start_new_session=True)
+    timed_out = threading.Event()
+
+    def kill():
+        timed_out.set()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), kill)
+    timer.start()
+    chunks = []
+    for line in proc.stdout:
+        chunks.append(line)
+        log.write(line)
+    rc = proc.wait()
+    timer.cancel()
+    return (None if timed_out.is_set() else rc), "".join(chunks)
+
+
+def run_steps(steps: list[Step], log: Log, budget_s: float) -> list[dict]:
+    """Runs the steps within budget_s seconds in all; one result per step: name, status (ok / FAIL /
+    TIMEOUT / skipped), seconds, why. A step gets its own limit or what is left of the budget."""
+    results, stop = [], None
+    end = time.monotonic() + budget_s
+    for number, step in enumerate(steps, 1):
+        if stop is None and time.monotonic() >= end:
+            stop = f"the {budget_s:.0f} s budget was spent"
+        if stop:
+            results.append({"step": step.name, "status": "skipped", "seconds": 0.0, "why": stop})
+            continue
+        start = time.monotonic()
+        deadline = min(start + step.timeout_s, end)
+        log.write(f"\n=== step {number}/{len(steps)}: {step.name} (limit {deadline - start:.0f} s) ===\n")
+        status, why, outputs = "ok", "", []
+        for cmd in step.commands:
+            rc, out = run_command(cmd, step.env, deadline, log)
+            outputs.append(out)
+            if rc is None:
+                status, why = "TIMEOUT", f"over {deadline - start:.0f} s in `{' '.join(cmd[:4])} ...`"
+                break
+            if rc != 0:
+                status, why = "FAIL", f"exit status {rc} from `{' '.join(cmd[:4])} ...`"
+                break
+        if status != "TIMEOUT" and step.check is not None:
+            problem = step.check("".join(outputs))
+            if problem:
+                status, why = "FAIL", problem + (f" ({why})" if why else "")
+        seconds = time.monotonic() - start
+        results.append({"step": step.name, "status": status, "seconds": seconds, "why": why})
+        log.write(f"=== {step.name}: {status} in {seconds:.0f} s{': ' + why if why else ''} ===\n")
+        if status != "ok" and step.required:
+            stop = f"step {step.name!r} failed"
+    return results
+
+
+def summary(target: str, device: str, results: list[dict], extra: list[str]) -> str:
+    """The markdown summary: the machine, one row per step, then any result lines."""
+    total = sum(r["seconds"] for r in results)
+    when = datetime.datetime.now().isoformat(timespec="seconds")
+    lines = [f"# make gpu-{target}: {device}", "", f"{when}, {total:.0f} s in all", "",
+             "| step | status | seconds | note |", "|---|---|---:|---|"]
+    lines += [f"| {r['step']} | {r['status']} | {r['seconds']:.0f} | {r['why']} |" for r in results]
+    if extra:
+        lines += ["", *extra]
+    return "\n".join(lines) + "\n"
+
+
+def gpu_present() -> tuple[str | None, str, str]:
+    """(why not, when no usable CUDA GPU; the GPU's description; its TORCH_CUDA_ARCH_LIST entry)."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not importable by " + sys.executable, "", ""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU build (no CUDA)", "", ""
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU", "", ""
+    major, minor = torch.cuda.get_device_capability(0)
+    props = torch.cuda.get_device_properties(0)
+    return None, f"{props.name} (sm_{major}{minor}), torch {torch.__version__}, CUDA {torch.version.cuda}", \
+        f"{major}.{minor}"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="tools/gpu_check.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("target", choices=["check", "bench"],
+                   help="check: build, pytest -m cuda, compute-sanitizer, GPU and CPU training; "
+                        "bench: build, operator and training-step benchmarks into benchmarks/RESULTS.md")
+    p.add_argument("--out", type=Path, default=Path("runs/gpu-check"),
+                   help="where the log, the summary (and for bench a copy of RESULTS.md) go (default runs/gpu-check)")
+    p.add_argument("--work", type=Path, default=Path("runs/gpu-check-work"),
+                   help="scratch folder: the driver binary and the training runs (default runs/gpu-check-work)")
+    p.add_argument("--iters", type=int, default=300, help="training iterations of the synthetic preset (default 300)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="torchrun processes for the GPU training (default 1; DDP and SyncBN need 2 or more GPUs)")
+    p.add_argument("--budget", type=float, default=540,
+                   help="seconds for all steps together (default 540: 9 minutes); steps left over are skipped")
+    p.add_argument("--dry-run", action="store_true", help="print the steps and their exact commands; run nothing")
+    args = p.parse_args(argv)
+    if args.iters < 1 or args.nproc < 1:
+        p.error("--iters and --nproc must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work = args.work if args.work.is_absolute() else ROOT / args.work
+    out = args.out if args.out.is_absolute() else ROOT / args.out
+    why_not, device, arch = (None, "", "") if args.dry_run else gpu_present()
+    if why_not:
+        print(f"gpu-{args.target}: no usable CUDA GPU: {why_not}; run it on a GPU machine "
+              f"(--dry-run lists the steps)", file=sys.stderr)
+        return 1
+    py = sys.executable
+    arch = arch or "X.Y"
+    steps = (check_steps(py, arch, work, args.iters, args.nproc) if args.target == "check"
+             else bench_steps(py, arch))
+    if args.dry_run:
+        if arch == "X.Y":
+            print("X.Y: the compute capability of the GPU present (9.0 on an H100), XY the same without the dot")
+        for number, step in enumerate(steps, 1):
+            env = " ".join(f"{k}={v}" for k, v in step.env.items())
+            print(f"step {number}: {step.name} (limit {step.timeout_s} s{', required' if step.required else ''})")
+            for cmd in step.commands:
+                print(f"  {env + ' ' if env else ''}{shlex.join(cmd)}")
+        return 0
+    if args.target == "check":
+        missing = [name for name in ("nvcc", "compute-sanitizer") if find_cuda_tool(name) is None]
+        if missing:
+            print(f"gpu-check: {' and '.join(missing)} not found (PATH, $CUDA_HOME/bin, /usr/local/cuda*/bin)",
+                  file=sys.stderr)
+            return 1
+    work.mkdir(parents=True, exist_ok=True)
+    log = Log(out / f"gpu-{args.target}.log")
+    log.write(f"gpu-{args.target} on {device}; log {log.file.name}\n")
+    results = run_steps(steps, log, args.budget)
+    extra = train_report(work, args.iters) if args.target == "check" else []
+    if args.target == "bench":
+        shutil.copy(ROOT / "benchmarks" / "RESULTS.md", out / "RESULTS.md")
+        extra = [f"Tables (with the targets' PASS/FAIL): benchmarks/RESULTS.md, copied to {out / 'RESULTS.md'}"]
+    text = summary(args.target, device, results, extra)
+    (out / f"gpu-{args.target}-summary.md").write_text(text)
+    log.write("\n" + text)
+    failed = [r["step"] for r in results if r["status"] != "ok"]
+    if failed:
+        log.write(f"gpu-{args.target}: FAILED: {', '.join(failed)}\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
