@@ -10,11 +10,11 @@ fixed by `num_classes` (and `scenes`) alone, so train and val share it whatever 
 layout depends on (seed, split, index) only.
 
 `scenes="modes"` gives every class three appearance modes, one drawn per region: the mode sets the
-colour (the pair's three hues, 120 degrees apart), the stripe period (5, 8 or 12 px) and the stripe
-orientation. Pair members share colours and periods mode by mode and differ only in orientation
-(0/60/120 versus 30/90/150 degrees, sets that horizontal flips keep), so each class is three
-far-apart clusters of appearance and the two members of a pair are a 30-degree rotation apart: large
-intra-class variation and confusable classes, what the CAC loss targets (docs/study.md).
+colour (the pair's hue shifted by -30, 0 or +30 degrees, at three brightness levels), the texture
+period (6, 8 or 10 px) and its orientation (0, 60 or 120 degrees). Pair members share all three mode
+by mode and differ only in the kind of texture (stripes versus a checkerboard), so each class is
+three clusters of appearance, neighbouring pairs' colours overlap, and the pair members are
+confusable: large intra-class variation, what the CAC loss targets (docs/study.md).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _SPLIT_IDS = {"train": 1, "val": 2}
 _DEFAULT_LENGTH = {"train": 2000, "val": 200}
 STRIPES, CHECKER, NOISE = 0, 1, 2
 SCENES = ("pairs", "modes")
-_MODE_PERIODS = (5.0, 8.0, 12.0)  # stripe periods (px) of the three modes, rotated per pair
+_MODE_PERIODS = (6.0, 8.0, 10.0)  # stripe periods (px) of the three modes, rotated per pair
 
 
 class SyntheticScenes(SegmentationDataset):
@@ -74,15 +74,16 @@ class SyntheticScenes(SegmentationDataset):
             for p, t, a in zip(pairs, self._texture, self._angle))
 
     def _modes_look(self, pairs: np.ndarray, member: np.ndarray) -> None:
-        """[K, 3] look tables of the "modes" scenes: per (class, mode) a colour, period and angle."""
+        """[K, 3] look tables of the "modes" scenes: per (class, mode) a colour, period, angle and texture."""
         modes = np.arange(len(_MODE_PERIODS))
-        hues = (pairs[:, None] * 0.618034 + modes / 3) % 1.0
-        values = np.array([0.85, 0.65, 0.95])[modes]
+        hues = (pairs[:, None] * 0.618034 + (modes - 1) / 12) % 1.0
+        values = np.array([0.8, 0.7, 0.9])[modes]
         self._colour = np.array([[colorsys.hsv_to_rgb(h, 0.55, v) for h, v in zip(row, values)] for row in hues],
                                 np.float32) * 255
         self._freq = (2 * np.pi / np.array(_MODE_PERIODS, np.float32)[(pairs[:, None] + modes) % 3]).astype(np.float32)
-        self._angle = np.radians(60.0 * modes + 30.0 * member[:, None]).astype(np.float32)
-        self._texture = np.where(self._texture[:, None] == NOISE, NOISE, STRIPES).repeat(len(modes), 1)
+        self._angle = np.radians(60.0 * modes + 0.0 * member[:, None]).astype(np.float32)
+        kind = np.where(member == 1, CHECKER, STRIPES)
+        self._texture = np.where(self._texture == NOISE, NOISE, kind)[:, None].repeat(len(modes), 1)
 
     def __len__(self) -> int:
         return self.length
@@ -109,8 +110,11 @@ class SyntheticScenes(SegmentationDataset):
         mode = (rng.integers(0, self._angle.shape[1], n) if self._angle.shape[1] > 1 else np.zeros(n, int))[region]
         look = (label, mode)
         freq, angle, texture = self._freq[look], self._angle[look], self._texture[look]
-        stripes = np.sin((x * np.cos(angle) + y * np.sin(angle)) * freq + offset[0]) > 0
-        checker = np.sin(x * freq + offset[0]) * np.sin(y * freq + offset[1]) > 0
+        u, v = x * np.cos(angle) + y * np.sin(angle), y * np.cos(angle) - x * np.sin(angle)
+        stripes = np.sin(u * freq + offset[0]) > 0
+        if self.scenes == "pairs":  # the original scenes' checkerboards are axis-aligned
+            u, v = y, x
+        checker = np.sin(v * freq + offset[0]) * np.sin(u * freq + offset[1]) > 0
         pattern = np.where(texture == CHECKER, checker, stripes)
         noise = texture == NOISE
         pattern[noise] = rng.integers(0, 2, int(noise.sum()), dtype=bool)
