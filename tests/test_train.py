@@ -1,5 +1,6 @@
 """Training end to end on the CPU: exact resume, interruption, NaN loss, evaluation, CLIs."""
 
+import functools
 import json
 import os
 import signal
@@ -70,6 +71,7 @@ def test_run_folder_contents(tmp_path):
     assert list((work / "tensorboard").iterdir())
     assert len(list((work / "predictions" / "pred").glob("*.png"))) == 2
     assert len(list((work / "predictions" / "overlay").glob("*.png"))) == 2
+    assert len(list((work / "predictions" / "panel").glob("*.png"))) == 2
 
 
 def test_gradient_accumulation_and_bf16_run(tmp_path):
@@ -167,3 +169,24 @@ def test_pretrained_backbone_from_the_config(tmp_path):
     trainer = Trainer(tiny_config(f"model.pretrained={tmp_path / 'r50.pth'}", "model.options.deep_stem=false"),
                       tmp_path / "run", progress=False)
     assert torch.equal(trainer.model.backbone.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+
+
+def test_resume_with_accumulation_and_the_grad_scaler_repeats_the_straight_run(tmp_path, monkeypatch):
+    """accum_steps = 2 (the data position counts micro-batches) and fp16 with the grad scaler: a run
+    resumed from its iteration-1 checkpoint ends bit for bit where the straight run ends, scaler included.
+    The scaler starts low and doubles after every step, so no step is skipped and its state changes."""
+    monkeypatch.setattr(torch.amp, "GradScaler", functools.partial(torch.amp.GradScaler, init_scale=256.0,
+                                                                   growth_interval=1))
+    config = tiny_config("train.accum_steps=2", "train.amp=float16", "train.iters=2", "train.ckpt_interval=1",
+                         "eval.save_predictions=0", "data.val_options.length=1")
+    Trainer(config, tmp_path / "straight", progress=False).run()
+    resumed = Trainer(config, tmp_path / "resumed", resume=str(tmp_path / "straight/checkpoints/iter_000001.pt"),
+                      progress=False)
+    assert resumed.iteration == 1 and resumed.scaler.get_scale() == 512.0
+    resumed.run()
+    final = [checkpoint.load(tmp_path / run / "checkpoints/iter_000002.pt") for run in ("straight", "resumed")]
+    assert final[0]["scaler"]["scale"] == 1024.0  # 256 doubled twice: no step was skipped
+    assert final[0]["scaler"] == final[1]["scaler"]
+    assert_same_weights(final[0]["model"], final[1]["model"])
+    losses = train_losses(tmp_path / "straight")
+    assert train_losses(tmp_path / "resumed") == {2: losses[2]}
