@@ -35,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write every prediction here (see --format)")
     p.add_argument("--format", choices=FORMATS, default="color",
-                   help="color: coloured predictions (pred/) and overlays on the image (overlay/); "
+                   help="color: predictions as palette PNGs of class ids (pred/), overlays on the image "
+                        "(overlay/) and panels input | ground truth | prediction | errors (panel/); "
                         "cityscapes: test-server PNGs of official label ids, named after the images")
     p.add_argument("--json", type=Path, default=None, metavar="PATH",
                    help="where to save the scores (default: eval_<dataset>_<split>.json next to the checkpoint, "
@@ -46,9 +47,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    state = checkpoint.load(args.checkpoint)
-    if "model" not in state or "config" not in state:
-        raise ValueError(f"checkpoint {args.checkpoint} was not written by csfr.train (no model/config entries)")
+    state = checkpoint.read_trained(args.checkpoint)
     config = cli.resolve(args, base=state["config"])
     config["model"]["pretrained"] = None  # the checkpoint holds every weight
     if args.format == "cityscapes" and config["data"]["dataset"] != "cityscapes":
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     model.to(ctx.device)
     writer = None
     if args.out is not None:
-        writer = PredictionWriter(args.out, dataset.palette, args.format)  # ranks write different images
+        writer = PredictionWriter.for_dataset(args.out, dataset, args.format)  # ranks write different images
     result = evaluate(model, dataset, ctx, ev, config["train"]["amp"], writer, workers=args.workers)
     if ctx.is_main:
         print(f"{dataset.name} {dataset.split}, {len(dataset)} images, {ev['mode']} inference, "

@@ -1,4 +1,4 @@
-"""Prediction files: coloured maps and overlays, and Cityscapes test-server PNGs of label ids."""
+"""Prediction files: palette label PNGs, overlays and panels, and Cityscapes test-server PNGs of label ids."""
 
 import numpy as np
 from PIL import Image
@@ -17,15 +17,17 @@ def test_cityscapes_format_writes_official_label_ids_named_after_the_image(tmp_p
     assert out.ravel().tolist() == [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 
 
-def test_color_format_writes_palette_prediction_and_overlay(tmp_path):
+def test_color_format_writes_label_png_overlay_and_panel(tmp_path):
     palette = np.array([[255, 0, 0], [0, 0, 255]], np.uint8)
     writer = PredictionWriter(tmp_path, palette, limit=1)
     pred = np.array([[0, 1]], np.uint8)
     image = np.full((1, 2, 3), 100, np.uint8)
     writer(pred, image, {"image_path": None, "index": 7})
     writer(pred, image, {"image_path": None, "index": 8})  # over the limit: not written
-    colour = np.asarray(Image.open(tmp_path / "pred" / "000007.png"))
-    assert colour.tolist() == [[[255, 0, 0], [0, 0, 255]]]
+    saved = Image.open(tmp_path / "pred" / "000007.png")
+    assert np.asarray(saved).tolist() == [[0, 1]]  # class ids
+    assert np.asarray(saved.convert("RGB")).tolist() == [[[255, 0, 0], [0, 0, 255]]]
     overlay = np.asarray(Image.open(tmp_path / "overlay" / "000007.png"))
-    assert overlay.tolist() == [[[177, 50, 50], [50, 50, 177]]]
+    assert overlay.tolist() == [[[255, 255, 255], [40, 40, 193]]]  # a class border, then 0.4 grey + 0.6 blue
+    assert (tmp_path / "panel" / "000007.png").is_file()
     assert not (tmp_path / "pred" / "000008.png").exists()

@@ -90,12 +90,12 @@ def read_label(path: Path | str) -> np.ndarray:
     return np.asarray(img)
 
 
-def save_png(array: np.ndarray, path: Path) -> None:
-    """Write an array (label map or RGB image) as PNG under a temporary name in the same folder,
-    then rename it (atomic: `path` is either complete or absent)."""
+def save_png(array: np.ndarray | Image.Image, path: Path) -> None:
+    """Write an array (label map or RGB image) or a Pillow image as PNG under a temporary name in
+    the same folder, then rename it (atomic: `path` is either complete or absent)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        Image.fromarray(array).save(tmp, format="PNG")
+        (array if isinstance(array, Image.Image) else Image.fromarray(array)).save(tmp, format="PNG")
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -8,13 +8,13 @@ from csfr import models
 from csfr.configs import merge
 from csfr.data import build_dataset, test_pipeline, train_pipeline
 from csfr.data.base import SegmentationDataset
+from csfr.data.transforms import Pipeline
 
 
 def build_datasets(config: dict, train: bool = True) -> tuple[SegmentationDataset | None, SegmentationDataset]:
     """(training set with the training augmentation or None, validation set with the test pipeline)."""
     data, seed = config["data"], config["train"]["seed"]
-    val = build_dataset(data["dataset"], data["root"], data["val_split"],
-                        transform=test_pipeline(_size(config["eval"]["base_size"])), seed=seed,
+    val = build_dataset(data["dataset"], data["root"], data["val_split"], transform=eval_transform(config), seed=seed,
                         **merge(data["options"], data["val_options"]))
     if not train:
         return None, val
@@ -22,6 +22,11 @@ def build_datasets(config: dict, train: bool = True) -> tuple[SegmentationDatase
                              data["cat_max_ratio"], photometric=data["photometric"])
     return build_dataset(data["dataset"], data["root"], data["train_split"], transform=augment, seed=seed,
                          **data["options"]), val
+
+
+def eval_transform(config: dict) -> Pipeline:
+    """The evaluation pipeline of a config: resize to eval.base_size (where set), normalise."""
+    return test_pipeline(_size(config["eval"]["base_size"]))
 
 
 def _size(value):

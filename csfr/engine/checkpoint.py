@@ -39,6 +39,23 @@ def load(path: str | os.PathLike) -> dict:
         raise ValueError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e})") from e
 
 
+def read_trained(path: str | os.PathLike) -> dict:
+    """A checkpoint written by csfr.train (it holds `model` and `config`); anything else raises."""
+    state = load(path)
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise ValueError(f"checkpoint {path} was not written by csfr.train (no model/config entries)")
+    return state
+
+
+def class_info(dataset) -> dict:
+    """What inference needs to know of the training data, saved in every checkpoint (csfr.load
+    reads it, so predicting needs no dataset on disk): {"classes": {dataset, names, palette,
+    ignore_index}}."""
+    return {"classes": {"dataset": dataset.name, "names": list(dataset.class_names),
+                        "palette": np.asarray(dataset.palette, np.uint8).tolist(),
+                        "ignore_index": int(dataset.ignore_index)}}
+
+
 def iteration_files(folder: Path) -> list[Path]:
     """The iter_*.pt checkpoints in `folder`, oldest first."""
     if not folder.is_dir():

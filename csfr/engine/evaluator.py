@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +14,9 @@ from csfr.data import collate
 from csfr.data.base import SegmentationDataset, save_png
 from csfr.data.cityscapes import ID_TO_TRAIN_ID
 from csfr.data.transforms import MEAN, STD
-from csfr.engine import distributed
-from csfr.engine.inference import predict
+from csfr.engine import distributed, panels
+from csfr.engine.inference import label_maps
 from csfr.engine.metrics import confusion_matrix, scores
-from csfr.engine.precision import autocast
 
 FORMATS = ("color", "cityscapes")
 
@@ -31,29 +31,47 @@ def _train_id_to_label_id() -> np.ndarray:
 
 
 class PredictionWriter:
-    """Writes, per image, a coloured prediction and an overlay on the image (`color`), or the
-    Cityscapes test-server PNG of label ids named after the image (`cityscapes`)."""
+    """Writes, per image, `color`: the prediction as a palette PNG of class ids (pred/), an overlay
+    on the image (overlay/) and a panel input | ground truth | prediction | errors with a legend
+    (panel/); or `cityscapes`: the Cityscapes test-server PNG of label ids named after the image.
+    Files are named after meta["name"], else the image file's stem, else the item's index."""
 
-    def __init__(self, out_dir: Path, palette: np.ndarray, fmt: str = "color", limit: int | None = None):
+    def __init__(self, out_dir: Path, palette: np.ndarray, fmt: str = "color", limit: int | None = None,
+                 class_names: Sequence[str] | None = None, ignore_index: int = 255):
         if fmt not in FORMATS:
             raise ValueError(f"unknown prediction format {fmt!r}; valid: {', '.join(FORMATS)}")
         self.out_dir, self.palette, self.fmt, self.limit, self.written = Path(out_dir), palette, fmt, limit, 0
+        self.class_names = tuple(class_names) if class_names is not None else \
+            tuple(f"class {k}" for k in range(len(palette)))
+        self.ignore_index = ignore_index
         self.label_ids = _train_id_to_label_id() if fmt == "cityscapes" else None
-        for sub in (("cityscapes",) if fmt == "cityscapes" else ("pred", "overlay")):
+        for sub in (("cityscapes",) if fmt == "cityscapes" else ("pred", "overlay", "panel")):
             (self.out_dir / sub).mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, pred: np.ndarray, image: np.ndarray, meta: dict) -> None:
+    @classmethod
+    def for_dataset(cls, out_dir: Path, dataset: SegmentationDataset, fmt: str = "color",
+                    limit: int | None = None) -> PredictionWriter:
+        """A writer with the dataset's palette, class names and ignore index."""
+        return cls(out_dir, dataset.palette, fmt, limit, dataset.class_names, dataset.ignore_index)
+
+    def _path(self, sub: str, name: str) -> Path:
+        path = self.out_dir / sub / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def __call__(self, pred: np.ndarray, image: np.ndarray, meta: dict, truth: np.ndarray | None = None) -> None:
+        """pred: HxW train ids; image: HxWx3 uint8 at pred's size; truth: HxW train ids or None."""
         if self.limit is not None and self.written >= self.limit:
             return
         path = meta.get("image_path")
-        stem = Path(path).stem if path else f"{meta.get('index', self.written):06d}"
+        name = meta.get("name") or (Path(path).stem if path else f"{meta.get('index', self.written):06d}")
         if self.fmt == "cityscapes":
-            save_png(self.label_ids[pred], self.out_dir / "cityscapes" / f"{stem}.png")
+            save_png(self.label_ids[pred], self._path("cityscapes", name))
         else:
-            colour = self.palette[pred]
-            save_png(colour, self.out_dir / "pred" / f"{stem}.png")
-            overlay = (0.5 * image.astype(np.float32) + 0.5 * colour.astype(np.float32)).astype(np.uint8)
-            save_png(overlay, self.out_dir / "overlay" / f"{stem}.png")
+            save_png(panels.label_png(pred, self.palette), self._path("pred", name))
+            save_png(panels.overlay(image, pred, self.palette), self._path("overlay", name))
+            save_png(panels.panel(image, pred, self.palette, self.class_names, truth, self.ignore_index),
+                     self._path("panel", name))
         self.written += 1
 
 
@@ -85,15 +103,12 @@ def evaluate(model: nn.Module, dataset: SegmentationDataset, ctx: distributed.Co
                       leave=False, dynamic_ncols=True):
         image = batch["image"].to(ctx.device, non_blocking=True)
         label = batch["label"].to(ctx.device, non_blocking=True)
-        with autocast(ctx.device, amp):
-            probs = predict(model, image, label.shape[-2:], eval_cfg["mode"], eval_cfg["crop_size"],
-                            eval_cfg["stride"], eval_cfg["scales"], eval_cfg["flip"])
-        pred = probs.argmax(1)
+        pred = label_maps(model, image, label.shape[-2:], eval_cfg, amp)
         cm += confusion_matrix(pred, label, k, dataset.ignore_index)
         if writer is not None:
             for i, meta in enumerate(batch["meta"]):
-                writer(pred[i].cpu().numpy().astype(np.uint8), _display_image(image[i], tuple(label.shape[-2:])),
-                       meta)
+                writer(pred[i].cpu().numpy(), _display_image(image[i], tuple(label.shape[-2:])), meta,
+                       label[i].cpu().numpy())
     distributed.all_reduce_sum(cm)
     model.train(was_training)
     return scores(cm.cpu(), dataset.class_names)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from csfr.engine.precision import autocast
+
 
 def _windows(size: int, crop: int, stride: int) -> list[int]:
     """Start offsets of windows of `crop` that cover [0, size) with the given stride, the last
@@ -62,3 +64,13 @@ def predict(model: nn.Module, image: Tensor, out_size: Sequence[int], mode: str 
             p = F.interpolate(logits, tuple(out_size), mode="bilinear", align_corners=False).softmax(1)
             probs = p if probs is None else probs + p
     return probs / (len(scales) * (2 if flip else 1))
+
+
+def label_maps(model: nn.Module, image: Tensor, out_size: Sequence[int], eval_cfg: dict, amp: str = "none") -> Tensor:
+    """Label maps [B,*out_size] (int64): the argmax of `predict` with the settings of a config's
+    `eval` section (mode, crop_size, stride, scales, flip), under `amp` autocast. The evaluator and
+    `csfr.load`'s predictor both call it, so a prediction is the label map the evaluation scores."""
+    with autocast(image.device, amp):
+        probs = predict(model, image, out_size, eval_cfg["mode"], eval_cfg["crop_size"], eval_cfg["stride"],
+                        eval_cfg["scales"], eval_cfg["flip"])
+    return probs.argmax(1)

@@ -29,7 +29,7 @@ from csfr.engine.precision import autocast
 from csfr.engine.run_log import RunLog
 from csfr.engine.sampling import EpochItems, ShardedStream
 from csfr.engine.schedule import poly_scheduler, resume_note
-from csfr.ops.checks import NonFiniteFeatures
+from csfr.ops.checks import NonFiniteFeatures, check_label_values
 
 
 class NonFiniteLoss(RuntimeError):
@@ -124,7 +124,8 @@ class Trainer:
         return {"iteration": self.iteration, "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "best": self.best, "config": self.cfg,
-                "num_classes": self.train_set.num_classes, "world_size": self.ctx.world_size}
+                "num_classes": self.train_set.num_classes, "world_size": self.ctx.world_size,
+                **checkpoint.class_info(self.val_set)}
 
     def _save(self) -> Path:
         """Checkpoint of the current iteration (every rank must call it: RNG states are gathered)."""
@@ -173,6 +174,8 @@ class Trainer:
         totals: dict[str, float] = {}
         for micro in range(accum):
             batch = next(batches)
+            # label values are checked here, on the CPU: on the device the check would cost a host sync
+            check_label_values(batch["label"], self.model.num_classes, self.model.ignore_index, "training batch")
             images = batch["image"].to(self.ctx.device, non_blocking=True)
             labels = batch["label"].to(self.ctx.device, non_blocking=True)
             last = micro == accum - 1
@@ -209,7 +212,7 @@ class Trainer:
         limit = self.cfg["eval"]["save_predictions"]
         writer = None
         if final and limit and self.ctx.is_main and self.ctx.world_size == 1:
-            writer = PredictionWriter(self.work_dir / "predictions", self.val_set.palette, limit=limit)
+            writer = PredictionWriter.for_dataset(self.work_dir / "predictions", self.val_set, limit=limit)
         result = evaluate(self.model, self.val_set, self.ctx, self.cfg["eval"], self.train["amp"], writer,
                           progress=self.progress)
         summary = {k: result[k] for k in ("mIoU", "mAcc", "aAcc")}
@@ -219,7 +222,7 @@ class Trainer:
             if self.ctx.is_main:
                 checkpoint.save({"iteration": self.iteration, "model": self.model.state_dict(),
                                  "config": self.cfg, "num_classes": self.train_set.num_classes,
-                                 "scores": result}, self.ckpt_dir / "best.pt")
+                                 "scores": result, **checkpoint.class_info(self.val_set)}, self.ckpt_dir / "best.pt")
         if self.ctx.is_main:
             configs.save({"iteration": self.iteration, **result, "best": self.best}, self.work_dir / "metrics.json")
         return result

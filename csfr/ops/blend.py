@@ -57,6 +57,12 @@ def _canonical_gate(x: Tensor, g: Tensor) -> Tensor:
     return g.expand(x.shape).reshape(b, c, -1).contiguous()
 
 
+def _recording_portable_graph() -> bool:
+    """True under torch.export, ONNX export or jit tracing: such a graph must run anywhere without
+    csfr, so it records the plain-torch formula, never a backend picked for this machine."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
 def gated_blend(x: Tensor, s: Tensor, g: Tensor, backend: str = "auto") -> Tensor:
     """z = x + sigmoid(g) * (s - x), the AAM fusion (docs/design.md, operator 3).
 
@@ -64,7 +70,7 @@ def gated_blend(x: Tensor, s: Tensor, g: Tensor, backend: str = "auto") -> Tenso
     [B,C,1,..], or full. Other broadcastable gates are expanded (their gradient is summed back).
     """
     check_blend(x, s, g)
-    name = resolve(backend, x.device)
+    name = "torch" if _recording_portable_graph() else resolve(backend, x.device)
     if name == "torch":
         return reference.gated_blend(x, s, g)
     if x.dim() < 2:
