@@ -159,7 +159,7 @@ def train_one(args, config: dict, folder: Path, progress: bool) -> dict:
     """Trains (or resumes) one run and returns its result record, also saved as folder/result.json."""
     resume = "auto" if any((folder / "checkpoints").glob("iter_*.pt")) else None
     trainer = Trainer(config, folder, resume=resume, progress=progress)
-    copied = None
+    copied, start_iteration = None, trainer.iteration
     if trainer.iteration == 0:
         copied = share_initialisation(trainer.model, config, trainer.train_set.num_classes, config["train"]["seed"])
     start = time.perf_counter()
@@ -170,7 +170,8 @@ def train_one(args, config: dict, folder: Path, progress: bool) -> dict:
               "scenes": config["data"]["options"]["scenes"], "seed": config["train"]["seed"],
               "iters": config["train"]["iters"], "mIoU": result["scores"]["mIoU"], "best": result["best"],
               "curve": curve(folder), "separability": {k: v["separability"] for k, v in features.items()},
-              "wall_s": round(wall, 1), "resumed": resume is not None, "shared_tensors": copied,
+              "wall_s": round(wall, 1), "resumed": resume is not None, "start_iteration": start_iteration,
+              "shared_tensors": copied,
               "machine": device_description(trainer.ctx.device), "date": datetime.datetime.now(
                   datetime.timezone.utc).isoformat(timespec="minutes"), "config": config}
     write_json(folder / "result.json", record)
@@ -219,6 +220,14 @@ def paired(values: dict[int, float], base: dict[int, float]) -> tuple[int, float
     return n, mean, float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
 
 
+def run_minutes(record: dict) -> float | None:
+    """Wall minutes of a whole run; a resumed run's last session scaled to all its iterations."""
+    start = record.get("start_iteration", 0 if not record["resumed"] else None)
+    if start is None or start >= record["iters"]:
+        return None
+    return record["wall_s"] / 60 * record["iters"] / (record["iters"] - start)
+
+
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
@@ -236,7 +245,8 @@ def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, di
              f"--seeds {' '.join(map(str, args.seeds))}{''.join(' --set ' + o for o in args.overrides)}`. "
              "Δ = arm − baseline, paired by seed, mean with its 95 % t interval (n = seeds both finished). "
              "Separability = mean inter-centroid distance / mean intra-class RMS spread on the validation "
-             "scenes. Wall time per run on a shared machine (other jobs running): an upper bound."), "",
+             "scenes. Minutes per run: wall time (a resumed run's last session scaled to the whole run), one torch "
+              "thread under nice 19 on a machine shared with other jobs: an upper bound."), "",
              "| arm | n | mIoU (mean ± sd) | Δ mIoU [95 % CI] | sep. classifier input | sep. S | min / run |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for arm, runs in results.items():
@@ -246,7 +256,7 @@ def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, di
             f"{mean:+.2f}" + ("" if math.isnan(half) else f" [{mean - half:+.2f}, {mean + half:+.2f}]"))
         sep_x = _mean_sd([r["separability"]["classifier input"] for r in runs.values()])
         sep_s = _mean_sd([r["separability"]["S"] for r in runs.values() if "S" in r["separability"]])
-        minutes = _mean_sd([r["wall_s"] / 60 for r in runs.values()]).split(" ±")[0]
+        minutes = _mean_sd([run_minutes(r) for r in runs.values() if run_minutes(r) is not None]).split(" ±")[0]
         lines.append(f"| {arm.label} | {len(runs)} | {_mean_sd(list(values.values()))} | {delta} | {sep_x} | "
                      f"{sep_s} | {minutes} |")
     if results.get(BASELINE):
