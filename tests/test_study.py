@@ -164,6 +164,9 @@ def test_study_runs_pairs_resumes_and_reports(tmp_path, monkeypatch):
     study.main(["cac_weight", "--scenes", "modes", "--seeds", "0", "--report-only", *study_args(tmp_path)])
     weights = [line for line in (tmp_path / "T.md").read_text().splitlines() if line.startswith("| CAC weight")]
     assert [line.split("|")[2].strip() for line in weights] == ["0", "0", "1", "0", "0"]
+    pytest.importorskip("matplotlib")
+    study.main([*argv, "--pictures", "--pictures-dir", str(tmp_path / "images")])
+    assert (tmp_path / "images" / "study_features_modes.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_pca_picture_of_two_clusters(tmp_path):
