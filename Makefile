@@ -8,7 +8,10 @@
 #   make gpu-check  builds CUDA in place, pytest -m cuda, compute-sanitizer, GPU + CPU training
 #   make gpu-bench  builds, then the operator and training-step benchmarks into benchmarks/RESULTS.md
 # GPU_CHECK_OUT gets the logs and summaries (copy it off the machine); GPU_CHECK_ARGS=--dry-run lists
-# the steps and their commands without running them.
+# the steps and their commands without running them. Runtime dependencies the GPU machine lacks come as
+# wheels: `make gpu-wheels` (where pip can download) fills .whl/ with GPU_WHEELS and their dependencies
+# for GPU_PYTHON (GPU images with torch often lack pydantic); bring .whl/ along and the first step
+# installs what is missing.
 
 PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
@@ -16,8 +19,10 @@ PYTEST_ARGS ?=
 WORK_DIR ?= runs/demo
 GPU_CHECK_OUT ?= runs/gpu-check
 GPU_CHECK_ARGS ?=
+GPU_WHEELS ?= pydantic
+GPU_PYTHON ?= 3.12
 
-.PHONY: install test demo bench gpu-check gpu-bench
+.PHONY: install test demo bench gpu-check gpu-bench gpu-wheels
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
@@ -42,3 +47,6 @@ gpu-check:
 
 gpu-bench:
 	@$(PYTHON) tools/gpu_check.py bench --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+gpu-wheels:
+	$(PYTHON) tools/gpu_check.py wheels $(GPU_WHEELS) --python-version $(GPU_PYTHON)

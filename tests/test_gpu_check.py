@@ -66,7 +66,7 @@ def test_check_dry_run_lists_the_steps_in_order():
         "compute-sanitizer synccheck", "train on the GPU", "train on the CPU"]
     cmds = dict(steps)
     assert cmds["build"][0].startswith("CSFR_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=")
-    assert cmds["build"][0].endswith("-m pip install --no-deps --no-build-isolation -e .")
+    assert cmds["build"][0].endswith("-m pip install --no-index --no-deps --no-build-isolation -e .")
     assert "csfr.ops.backends()" in cmds["build"][1]
     assert cmds["pytest -m cuda"][0].endswith("-m pytest -m cuda -q -p no:cacheprovider")
     compile_cmd, run_cmd = cmds["kernel driver"]
@@ -94,7 +94,7 @@ def test_training_commands_are_accepted_by_the_clis(gpu_check, tmp_path, capsys)
     """The exact train and evaluate arguments of the check parse (the train config is resolved and printed)."""
     from csfr import evaluate, train
 
-    steps = {s.name: s for s in gpu_check.check_steps(sys.executable, "9.0", tmp_path, 300, 1)}
+    steps = {s.name: s for s in gpu_check.check_steps(sys.executable, "9.0", tmp_path, 300, 1, [])}
     _, train_cmd, eval_cmd = steps["train on the GPU"].commands
     args = train_cmd[train_cmd.index("csfr.train") + 1:]
     assert train.main([*args, "--print-config"]) == 0
@@ -231,3 +231,31 @@ def test_train_step_batch_has_blocky_labels_and_an_ignore_band():
     assert (labels[:, 65 - 65 // 8:] == bench.IGNORE).all()
     kept = labels[:, : 65 - 65 // 8]
     assert kept.max() < bench.NUM_CLASSES and (kept[:, :32, :32] == kept[:, :1, :1]).all()
+
+
+def test_carried_wheels_of_missing_packages_are_installed_first(gpu_check, tmp_path):
+    fake = tmp_path / "csfr_no_such_dist-1.0-py3-none-any.whl"
+    for name in (fake.name, "numpy-1.0-cp312-cp312-manylinux_2_17_x86_64.whl"):  # numpy is installed
+        (tmp_path / name).write_bytes(b"")
+    assert set(gpu_check.carried_wheels(tmp_path)) == {"csfr-no-such-dist", "numpy"}
+    wheels = gpu_check.wheels_to_install(tmp_path)
+    assert wheels == [fake]
+    first = gpu_check.build_steps(sys.executable, "9.0", wheels)[0].commands[0]
+    assert first == [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", str(fake)]
+    assert gpu_check.build_steps(sys.executable, "9.0", [])[0].commands[0][-2:] == ["-e", "."]
+
+
+def test_missing_dependency_stops_with_one_line(gpu_check, monkeypatch, tmp_path, capsys):
+    assert {"torch", "numpy"} <= set(gpu_check.runtime_requirements())
+    monkeypatch.setattr(gpu_check, "gpu_present", lambda: (None, "Fake GPU (sm_90)", "9.0"))
+    monkeypatch.setattr(gpu_check, "installed", lambda name: gpu_check.canonical(name) != "numpy")
+    monkeypatch.setattr(gpu_check, "find_cuda_tool", lambda name: None)
+    monkeypatch.setattr(gpu_check, "WHEELS", tmp_path)
+    assert gpu_check.main(["check", "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [("gpu-check: numpy not installed and no package index here: where pip can download, run "
+                    "`make gpu-wheels GPU_WHEELS='numpy'` and bring the .whl folder along")]
+    (tmp_path / "numpy-9.9-py3-none-any.whl").write_bytes(b"")  # carried: the check goes on to the CUDA tools
+    assert gpu_check.main(["check", "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.startswith("gpu-check: nvcc and compute-sanitizer not found")
+    assert not (tmp_path / "out").exists()

@@ -4,9 +4,11 @@
                                       # train the synthetic preset on the GPU (torchrun, bf16) and on the CPU
     python tools/gpu_check.py bench   # build, then bench_ops --device cuda and the training-step benchmark
     python tools/gpu_check.py check --dry-run   # list the steps and their exact commands; run nothing
+    python tools/gpu_check.py wheels pydantic   # where pip can download: wheels of missing packages into .whl/
 
 Made for a GPU machine with no package index (torch, triton, nvcc and compute-sanitizer installed):
-nothing is downloaded, the build is `pip install --no-deps --no-build-isolation -e .`. Each step
+nothing is downloaded (runtime dependencies the machine lacks come as wheels in .whl/, fetched
+beforehand by the `wheels` target where pip works, and are installed first), the build is `pip install --no-index --no-deps --no-build-isolation -e .`. Each step
 runs under its own time limit; a failed step is reported and the next one still runs (the build
 excepted: without it nothing else can), so one session on a GPU finds every problem at once.
 Everything printed goes to <out>/<target>.log as well, with a summary in <out>/<target>-summary.md
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
+import importlib.metadata
 import json
 import os
 import re
@@ -38,6 +41,8 @@ TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSION
                     "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
                     "--expt-relaxed-constexpr"]
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck")
+WHEELS = ROOT / ".whl"  # wheels carried to a machine with no package index (git ignores the folder)
+WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 TRAIN_CONFIG = "synthetic"
 
 
@@ -77,6 +82,37 @@ def driver_check(output: str) -> str | None:
     return None if "kernel_driver: 0 failure(s)" in output else "the kernel driver reported wrong values or stopped"
 
 
+def canonical(name: str) -> str:
+    """A distribution name as pip compares them (PEP 503): Pydantic_Core -> pydantic-core."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_requirements() -> list[str]:
+    """The distribution names of the package's runtime dependencies ([project] dependencies)."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [re.match(r"[A-Za-z0-9_.-]+", dep).group(0) for dep in deps]
+
+
+def installed(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def carried_wheels(folder: Path) -> dict[str, Path]:
+    """The wheels in `folder` by canonical distribution name (a wheel file starts with name-version-)."""
+    return {canonical(path.name.split("-")[0]): path for path in sorted(folder.glob("*.whl"))}
+
+
+def wheels_to_install(folder: Path) -> list[Path]:
+    """The carried wheels whose distribution is not installed: the rest are left alone."""
+    return [path for name, path in carried_wheels(folder).items() if not installed(name)]
+
+
 def find_cuda_tool(name: str) -> str | None:
     """A CUDA toolkit program: on PATH, in $CUDA_HOME/bin, beside nvcc, or in /usr/local/cuda*/bin."""
     found = shutil.which(name)
@@ -94,16 +130,18 @@ def find_cuda_tool(name: str) -> str | None:
     return None
 
 
-def build_steps(py: str, arch: str) -> list[Step]:
-    """Step 1: build the extension in place for the GPU present; print the backends; fail without cuda."""
+def build_steps(py: str, arch: str, wheels: list[Path]) -> list[Step]:
+    """Step 1: install the carried wheels of missing dependencies (if any), build the extension in place
+    for the GPU present, print the backends; fail without cuda."""
     show = ('import csfr; b = csfr.ops.backends(); print("csfr.ops.backends():", b); '
             'raise SystemExit(0 if b["cuda"] == "available" else "the cuda backend is not available: " + b["cuda"])')
-    return [Step("build", [[py, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-e", "."],
-                           [py, "-c", show]], 300,
+    deps = [[py, "-m", "pip", "install", "--no-index", "--no-deps", *map(str, wheels)]] if wheels else []
+    build = [py, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation", "-e", "."]
+    return [Step("build", [*deps, build, [py, "-c", show]], 300,
                  env={"CSFR_BUILD_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch}, required=True)]
 
 
-def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int) -> list[Step]:
+def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int, wheels: list[Path]) -> list[Step]:
     """`make gpu-check`: build, pytest -m cuda, sanitizers, GPU and CPU training of the synthetic preset."""
     nvcc = find_cuda_tool("nvcc") or "nvcc"
     sanitizer = find_cuda_tool("compute-sanitizer") or "compute-sanitizer"
@@ -132,7 +170,7 @@ def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int) -> list[
                 "--json", str(run / "eval_flip.json")]
 
     return [
-        *build_steps(py, arch),
+        *build_steps(py, arch, wheels),
         Step("pytest -m cuda", [[py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider"]], 240),
         Step("kernel driver", [compile_driver, [driver]], 120, check=driver_check),
         *(sanitize(tool) for tool in SANITIZER_TOOLS),
@@ -141,10 +179,10 @@ def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int) -> list[
     ]
 
 
-def bench_steps(py: str, arch: str) -> list[Step]:
+def bench_steps(py: str, arch: str, wheels: list[Path]) -> list[Step]:
     """`make gpu-bench`: build, operator benchmark on CUDA, training-step benchmark."""
     return [
-        *build_steps(py, arch),
+        *build_steps(py, arch, wheels),
         Step("bench_ops --device cuda", [[py, "benchmarks/bench_ops.py", "--device", "cuda"]], 330),
         Step("bench_train_step", [[py, "benchmarks/bench_train_step.py", "--device", "cuda"]], 180),
     ]
@@ -275,9 +313,14 @@ def gpu_present() -> tuple[str | None, str, str]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="tools/gpu_check.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", choices=["check", "bench"],
-                   help="check: build, pytest -m cuda, compute-sanitizer, GPU and CPU training; "
+    p.add_argument("target", choices=["check", "bench", "wheels"],
+                   help="wheels: download wheels of PACKAGES (with their dependencies) for the GPU machine's "
+                        "Python into .whl/, on a machine where pip can download; "
+                        "check: build, pytest -m cuda, compute-sanitizer, GPU and CPU training; "
                         "bench: build, operator and training-step benchmarks into benchmarks/RESULTS.md")
+    p.add_argument("packages", nargs="*", metavar="PACKAGES", help="for wheels: the distributions to fetch")
+    p.add_argument("--python-version", default="3.12",
+                   help="for wheels: the GPU machine's Python version (default 3.12)")
     p.add_argument("--out", type=Path, default=Path("runs/gpu-check"),
                    help="where the log, the summary (and for bench a copy of RESULTS.md) go (default runs/gpu-check)")
     p.add_argument("--work", type=Path, default=Path("runs/gpu-check-work"),
@@ -291,11 +334,24 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.iters < 1 or args.nproc < 1:
         p.error("--iters and --nproc must be >= 1")
+    if (args.target == "wheels") != bool(args.packages):
+        p.error("wheels takes the names of the distributions to fetch; check and bench take none")
     return args
+
+
+def download_wheels(packages: list[str], python_version: str) -> int:
+    """pip download of binary wheels for a Linux x86-64 CPython `python_version` into .whl/."""
+    platforms = [arg for name in WHEEL_PLATFORMS for arg in ("--platform", name)]
+    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--implementation", "cp",
+           "--python-version", python_version, *platforms, "-d", str(WHEELS), *packages]
+    print(f"$ {shlex.join(cmd)}", flush=True)
+    return subprocess.call(cmd)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.target == "wheels":
+        return download_wheels(args.packages, args.python_version)
     work = args.work if args.work.is_absolute() else ROOT / args.work
     out = args.out if args.out.is_absolute() else ROOT / args.out
     why_not, device, arch = (None, "", "") if args.dry_run else gpu_present()
@@ -303,10 +359,18 @@ def main(argv=None) -> int:
         print(f"gpu-{args.target}: no usable CUDA GPU: {why_not}; run it on a GPU machine "
               f"(--dry-run lists the steps)", file=sys.stderr)
         return 1
+    carried = carried_wheels(WHEELS)
+    missing = [name for name in runtime_requirements() if not installed(name) and canonical(name) not in carried]
+    if missing and not args.dry_run:
+        names = " ".join(missing)
+        print(f"gpu-{args.target}: {names} not installed and no package index here: where pip can download, run "
+              f"`make gpu-wheels GPU_WHEELS='{names}'` and bring the .whl folder along", file=sys.stderr)
+        return 1
     py = sys.executable
     arch = arch or "X.Y"
-    steps = (check_steps(py, arch, work, args.iters, args.nproc) if args.target == "check"
-             else bench_steps(py, arch))
+    wheels = wheels_to_install(WHEELS)
+    steps = (check_steps(py, arch, work, args.iters, args.nproc, wheels) if args.target == "check"
+             else bench_steps(py, arch, wheels))
     if args.dry_run:
         if arch == "X.Y":
             print("X.Y: the compute capability of the GPU present (9.0 on an H100), XY the same without the dot")
