@@ -259,3 +259,25 @@ def test_missing_dependency_stops_with_one_line(gpu_check, monkeypatch, tmp_path
     assert gpu_check.main(["check", "--out", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.startswith("gpu-check: nvcc and compute-sanitizer not found")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", ["check", "bench"])
+def test_a_run_leaves_log_summary_and_results_in_out(gpu_check, monkeypatch, tmp_path, target):
+    """main() end to end with a fake GPU and stand-in steps: what a machine about to go away leaves in --out."""
+    py = sys.executable
+    fake = [gpu_check.Step("build", [[py, "-c", "print('built')"]], 60, required=True),
+            gpu_check.Step("broken", [[py, "-c", "import sys; sys.exit(2)"]], 60)]
+    monkeypatch.setattr(gpu_check, "gpu_present", lambda: (None, "Fake GPU (sm_90)", "9.0"))
+    monkeypatch.setattr(gpu_check, "find_cuda_tool", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(gpu_check, f"{target}_steps", lambda *args: fake)
+    out = tmp_path / "out"
+    assert gpu_check.main([target, "--out", str(out), "--work", str(tmp_path / "work")]) == 1  # a step failed
+    summary = (out / f"gpu-{target}-summary.md").read_text()
+    assert summary.startswith(f"# make gpu-{target}: Fake GPU (sm_90)")
+    assert "| build | ok |" in summary and "| broken | FAIL |" in summary
+    log = (out / f"gpu-{target}.log").read_text()
+    assert "built\n" in log and log.rstrip().endswith(f"gpu-{target}: FAILED: broken")
+    if target == "check":  # no training ran: its mIoUs show as missing
+        assert "| GPU, torchrun, bf16 autocast | - | - |" in summary
+    else:
+        assert (out / "RESULTS.md").read_text() == (ROOT / "benchmarks" / "RESULTS.md").read_text()
