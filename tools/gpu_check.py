@@ -8,9 +8,10 @@
 
 Made for a GPU machine with no package index (torch, triton, nvcc and compute-sanitizer installed):
 nothing is downloaded (runtime dependencies the machine lacks come as wheels in .whl/, fetched
-beforehand by the `wheels` target where pip works, and are installed first), the build is `pip install --no-index --no-deps --no-build-isolation -e .`. Each step
-runs under its own time limit; a failed step is reported and the next one still runs (the build
-excepted: without it nothing else can), so one session on a GPU finds every problem at once.
+beforehand by the `wheels` target where pip works, and are installed first), and the build is
+`pip install --no-index --no-deps --no-build-isolation -e .`. Each step runs under its own time
+limit; a failed step is reported and the next one still runs (the build excepted: without it nothing
+else can), so one session on a GPU finds every problem at once.
 Everything printed goes to <out>/<target>.log as well, with a summary in <out>/<target>-summary.md
 and, for bench, a copy of benchmarks/RESULTS.md: copy <out> off a machine about to go away.
 Without a GPU the command stops at once with one line (exit status 1).
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +52,7 @@ TRAIN_CONFIG = "synthetic"
 class Step:
     """One step: commands run in order (the step stops at the first that fails), under one time limit.
 
-    `check(outputs)` may turn the commands' combined output into a failure message (None: fine).
+    `check(output)` may turn the commands' combined output into a failure message (None: fine).
     """
 
     name: str
@@ -58,7 +60,7 @@ class Step:
     timeout_s: int
     env: dict[str, str] = field(default_factory=dict)
     required: bool = False  # a failure stops the run
-    check: object = None
+    check: Callable[[str], str | None] | None = None
 
 
 def sanitizer_findings(tool: str, output: str) -> str | None:
