@@ -59,23 +59,41 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, reduction: int = 
                                             f"> allowed {allowed.flatten()[worst]:.3g}")
 
 
-CASES = ("ignore", "one_class", "all_ignore_image", "all_ignore_batch")
+CASES = ("ignore", "blocky", "one_class", "all_ignore_image", "all_ignore_batch")
+
+
+def _blocks(b, h, w, k, generator):
+    """4x4 blocks of one class (the coherent regions real label maps have) with ~10 % pixels redrawn."""
+    cells = torch.randint(0, k, (b, (h + 3) // 4, (w + 3) // 4), generator=generator)
+    labels = cells.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, :h, :w].clone()
+    noise = torch.rand(b, h, w, generator=generator) < 0.1
+    labels[noise] = torch.randint(0, k, (int(noise.sum()),), generator=generator)
+    return labels
 
 
 def make_labels(b, h, w, k, device, case="ignore", ignore_index=255, generator=None):
     """Label maps [b,h,w] with the situations the operators must survive. Every case but the all-ignore
-    batch keeps several classes in the images it does not single out, so the inter-class term is live.
+    batch keeps at least two classes (where K and h*w allow) in the images it does not single out, so
+    the inter-class term and its gradient are live.
 
-    ignore: ~20 % ignore pixels and, when k > 2, class k-1 absent everywhere; one_class: image 0 holds
-    a single class; all_ignore_image: the last image is all ignore; all_ignore_batch: every pixel is.
+    ignore: uniform random classes, ~20 % ignore pixels and, when k > 2, class k-1 absent everywhere;
+    blocky: the same in 4x4 blocks of one class (~10 % ignore); one_class: image 0 holds a single class;
+    all_ignore_image: the last image is all ignore; all_ignore_batch: every pixel is.
     """
-    labels = torch.randint(0, k, (b, h, w), generator=generator).to(device)
+    if case == "blocky":
+        labels = _blocks(b, h, w, k, generator).to(device)
+    else:
+        labels = torch.randint(0, k, (b, h, w), generator=generator).to(device)
     if ignore_index in range(k):  # the ignore value is also a class id: move that class elsewhere
         labels[labels == ignore_index] = (ignore_index + 1) % k
-    if case == "ignore":
-        labels[torch.rand(b, h, w, generator=generator).to(device) < 0.2] = ignore_index
+    if case in ("ignore", "blocky"):
+        share = 0.2 if case == "ignore" else 0.1
+        labels[torch.rand(b, h, w, generator=generator).to(device) < share] = ignore_index
         if k > 2:  # at least one class absent everywhere
             labels[labels == k - 1] = ignore_index
+        classes = [c for c in range(k - 1 if k > 2 else k) if c != ignore_index]
+        if len(classes) >= 2 and h * w >= 2:  # two classes in every image, whatever the draw
+            labels[:, 0, 0], labels[:, -1, -1] = classes[0], classes[1]
     elif case == "one_class":
         labels[0] = (k - 1) if ignore_index != k - 1 else 0
     elif case == "all_ignore_image":

@@ -1,6 +1,7 @@
 """Confusion matrix and scores against hand-computed values."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -90,3 +91,28 @@ def test_table_lists_every_class_and_the_means():
     text = table(scores(np.eye(3) * 5, ("road", "sky", "car")))
     assert all(name in text for name in ("road", "sky", "car", "mIoU", "mAcc", "aAcc"))
     assert "100.00" in text
+
+
+def test_scores_rounded_to_four_decimals_and_table_text_exactly():
+    """road: IoU 2/3, Acc 2/3; sidewalk only predicted: IoU 0, no Acc; sky absent: left out."""
+    result = scores(np.array([[2, 1, 0], [0, 0, 0], [0, 0, 0]]), ("road", "sidewalk", "sky"))
+    assert result == {"mIoU": 33.3333, "mAcc": 66.6667, "aAcc": 66.6667, "pixels": 3,
+                      "per_class": {"road": {"IoU": 66.6667, "Acc": 66.6667}, "sidewalk": {"IoU": 0.0, "Acc": None},
+                                    "sky": {"IoU": None, "Acc": None}}}
+    assert table(result) == "\n".join([
+        "class        IoU     Acc",
+        "-" * 24,
+        "road       66.67   66.67",
+        "sidewalk    0.00     nan",
+        "-" * 24,
+        "1 of 3 classes absent from the ground truth and the predictions (not shown, not in the means)",
+        "mIoU  33.33   mAcc  66.67   aAcc  66.67"])
+
+
+@pytest.mark.parametrize("cm", [np.array([[2, 1, 0], [0, 0, 0], [0, 0, 0]]), np.zeros((2, 2), np.int64)],
+                         ids=["absent class", "empty"])
+def test_absent_classes_raise_no_numpy_warning(cm):
+    """0/0 for an absent class is expected, not a warning for the user (nor a NaN mean)."""
+    with np.errstate(all="raise"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores(cm, [str(i) for i in range(len(cm))])
