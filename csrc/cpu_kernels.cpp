@@ -6,7 +6,9 @@
 //    class-indexed operand is pre-transposed to [D, K] so a row reads one small K-vector;
 //  - tile kernel (cac_pixel_pass): a task owns a tile of pixels of one image, reduces their
 //    distances over all D, then re-reads the same tile (now in cache) to accumulate
-//    coef * f into thread-local [D, K] buffers that are reduced once per image.
+//    coef * (f - mu) into per-thread [D, K] slots that are summed once per image in thread order.
+// Every kernel is bitwise reproducible for a given thread count (no float atomics, no reduction in
+// thread-arrival order).
 // Nothing of size N x K or N x N is allocated; accumulation is fp32 (fp64 for fp64 inputs).
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -20,6 +22,10 @@
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -100,8 +106,26 @@ std::tuple<Tensor, Tensor> segment_sum_cpu(const Tensor& feats, const Tensor& la
   return {sums, counts};
 }
 
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 // The tile kernel behind cac_pixel_pass (a function of its own: OpenMP pragmas cannot sit
-// inside the dtype-dispatch macro).
+// inside the dtype-dispatch macro). Each thread accumulates its tiles (a static, contiguous
+// share) into its own slot; the slots are then summed in thread order, so for a given thread
+// count the result is bitwise reproducible (no reduction in thread-arrival order).
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 void cac_pixel_pass_kernel(const Tensor& feats, const std::vector<int32_t>& y, const Tensor& muT,
                            double delta_v, Tensor& coef, Tensor& hinge, Tensor& wsum, Tensor& wcount) {
@@ -116,17 +140,22 @@ void cac_pixel_pass_kernel(const Tensor& feats, const std::vector<int32_t>& y, c
   const int64_t T = std::max<int64_t>(16, std::min<int64_t>(256, (64 * 1024) / std::max<int64_t>(D, 1)));
   const int64_t tiles = (N + T - 1) / T;
   const acc_t dv = static_cast<acc_t>(delta_v);
-#pragma omp parallel
+  // per-thread slot: wsum as [D, K], then hinge [K], then wcount [K]
+  const int64_t slot = D * K + 2 * K;
+  const int slots = max_threads();
+  std::vector<acc_t> part(static_cast<size_t>(slots) * slot);
+#pragma omp parallel num_threads(slots)
   {
-    std::vector<acc_t> lw(D * K), lh(K), lc(K), dist(T);
+    acc_t* lw = part.data() + thread_id() * slot;
+    acc_t* lh = lw + D * K;
+    acc_t* lc = lh + K;
+    std::vector<acc_t> dist(T);
     for (int64_t b = 0; b < B; ++b) {
-      std::fill(lw.begin(), lw.end(), acc_t(0));
-      std::fill(lh.begin(), lh.end(), acc_t(0));
-      std::fill(lc.begin(), lc.end(), acc_t(0));
+      std::fill(lw, lw + slot, acc_t(0));
       const int32_t* yb = y.data() + b * N;
       const scalar_t* fb = f + b * D * N;
       const acc_t* mb = m + b * D * K;
-#pragma omp for schedule(static) nowait
+#pragma omp for schedule(static)
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t i0 = t * T, i1 = std::min(N, i0 + T), n = i1 - i0;
         std::fill(dist.begin(), dist.begin() + n, acc_t(0));
@@ -150,22 +179,25 @@ void cac_pixel_pass_kernel(const Tensor& feats, const std::vector<int32_t>& y, c
           lh[k] += h * h;
           lc[k] += c;
         }
+        // wsum from differences: sum coef (f - mu), exact for features with a large common offset
         for (int64_t d = 0; d < D; ++d) {
           const scalar_t* row = fb + d * N;
-          acc_t* lwd = lw.data() + d * K;
-          for (int64_t i = i0; i < i1; ++i)
-            if (yb[i] >= 0) lwd[yb[i]] += dist[i - i0] * static_cast<acc_t>(row[i]);
+          const acc_t* md = mb + d * K;
+          acc_t* lwd = lw + d * K;
+          for (int64_t i = i0; i < i1; ++i) {
+            const int32_t k = yb[i];
+            if (k >= 0) lwd[k] += dist[i - i0] * (static_cast<acc_t>(row[i]) - md[k]);
+          }
         }
-      }
-#pragma omp critical(csfr_cac_pixel_pass)
-      {
-        for (int64_t k = 0; k < K; ++k) {
-          hi[b * K + k] += lh[k];
-          wc[b * K + k] += lc[k];
-        }
-        for (int64_t d = 0; d < D; ++d)
-          for (int64_t k = 0; k < K; ++k) ws[(b * K + k) * D + d] += lw[d * K + k];
-      }
+      }  // implicit barrier: every slot is complete
+#pragma omp for schedule(static)
+      for (int64_t e = 0; e < slot; ++e) {
+        acc_t total = 0;
+        for (int j = 0; j < slots; ++j) total += part[static_cast<size_t>(j) * slot + e];
+        if (e < D * K) ws[(b * K + e % K) * D + e / K] = total;
+        else if (e < D * K + K) hi[b * K + e - D * K] = total;
+        else wc[b * K + e - D * K - K] = total;
+      }  // implicit barrier: the slots may be cleared for the next image
     }
   }
 }

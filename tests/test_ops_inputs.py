@@ -156,3 +156,12 @@ def test_errors_come_before_any_kernel_runs(monkeypatch):
     with pytest.raises(ValueError, match="label value 99"):
         csfr.ops.cac_loss(feats, labels, K, backend="cpu")
     assert calls == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_features_without_channels_are_rejected(backend):
+    """D = 0 has no centroids to compare: every backend rejects it in the shared checks."""
+    feats, labels = good_inputs(d=0)
+    for call in all_ops(feats, labels, backend):
+        with pytest.raises(ValueError, match=r"features have no channels \(D = 0\), shape \(2, 0, 6, 5\)"):
+            call()

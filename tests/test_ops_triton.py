@@ -59,3 +59,31 @@ def test_auto_does_not_pick_triton_for_cpu_tensors():
     from csfr.ops.dispatch import resolve
 
     assert resolve("auto", torch.device("cpu")) in ("cpu", "torch")
+
+
+def test_autotune_bucket_is_the_power_of_two_at_or_above():
+    from csfr.ops.triton.tuning import bucket
+
+    assert [bucket(n) for n in (0, 1, 2, 3, 4, 5, 97 * 97, 2**20, 2**20 + 1)] == \
+        [1, 1, 2, 4, 4, 8, 16384, 2**20, 2**21]
+    assert len({bucket(n) for n in range(1, 100_000)}) == 18  # 100k sizes, 18 tuning sweeps
+
+
+def test_sizes_in_one_bucket_share_one_tuning_entry(monkeypatch):
+    """With two configurations to choose from, images of 40, 50 and 64 pixels are tuned once, 65 again."""
+    import triton
+
+    from csfr.ops.triton import segment
+
+    kernel = segment._segment_sum_kernel
+    monkeypatch.setattr(kernel, "configs", [triton.Config({"BLOCK_N": 16, "BLOCK_D": 16}, num_warps=1),
+                                            triton.Config({"BLOCK_N": 32, "BLOCK_D": 16}, num_warps=1)])
+    monkeypatch.setattr(kernel, "cache", {})
+    sweeps = []
+    monkeypatch.setattr(kernel, "_do_bench", lambda call, quantiles: sweeps.append(call()) or [1.0, 1.0, 1.0])
+    for n in (40, 50, 64, 65):
+        feats, labels = torch.randn(1, 3, n), torch.randint(0, 4, (1, n))
+        sums, _ = segment.segment_sum(feats, labels, 4, 255)
+        torch.testing.assert_close(sums, csfr.ops.class_centroids(feats, labels, 4, backend="torch")[0]
+                                   * torch.bincount(labels[0], minlength=4)[None, :, None])
+    assert len(kernel.cache) == 2 and len(sweeps) == 4  # two buckets, each sweeping two configurations

@@ -4,7 +4,7 @@ Each takes backend="auto"|"torch"|"cpu"|"cuda"|"triton" (CSFR_BACKEND overrides 
 `backends()` says which exist here and why the others do not.
 """
 
-from csfr.ops import reference
+from csfr.ops import kernel_fakes, reference  # noqa: F401  (kernel_fakes registers the C++ ops' fakes)
 from csfr.ops.blend import gated_blend
 from csfr.ops.cac import cac_loss, cac_terms
 from csfr.ops.centroids import class_centroids

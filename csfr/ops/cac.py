@@ -8,24 +8,35 @@ per image) and never touches the features.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from csfr.ops import reference
-from csfr.ops.centroids import acc_dtype, flatten, pixel_grad
+from csfr.ops.centroids import acc_dtype, flat_features, flat_labels, pixel_grad
 from csfr.ops.checks import (
     check_features_labels,
     check_finite_features,
     check_finite_sums,
     check_label_values,
+    nan_unless_finite,
 )
 from csfr.ops.dispatch import kernels, resolve
 
 
+def _centred(mu: Tensor, present: Tensor) -> Tensor:
+    """Centroids minus the mean of each image's present centroids (absent rows 0).
+
+    Distances and the inter gradient are translation invariant; real (post-ReLU) features share
+    a large common offset, which would otherwise cancel catastrophically in the Gram matrix.
+    """
+    weight = present.unsqueeze(-1).to(mu.dtype)
+    centre = (mu * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1)
+    return (mu - centre) * weight
+
+
 def _pair_distances(mu: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
-    """Centroid distances [B,K,K] (via the Gram matrix) and the mask of distinct present pairs."""
+    """Distances [B,K,K] between centred centroids `mu` (via their Gram matrix, so no [B,K,K,D]
+    tensor) and the mask of distinct present pairs."""
     sq = (mu * mu).sum(-1)
     d2 = (sq.unsqueeze(2) + sq.unsqueeze(1) - 2 * mu @ mu.transpose(1, 2)).clamp_min(0)
     pair = present.unsqueeze(2) & present.unsqueeze(1)
@@ -44,7 +55,7 @@ def _terms(mu: Tensor, counts: Tensor, hinge: Tensor, delta_d: float) -> Tensor:
     n_present = present.sum(1)
     has_intra, n_intra = _image_weights(present, 1)
     intra_img = (hinge / counts.clamp_min(1)).sum(1) / n_present.clamp_min(1)
-    dist, pair = _pair_distances(mu, present)
+    dist, pair = _pair_distances(_centred(mu, present), present)
     has_inter, n_inter = _image_weights(present, 2)
     push = (torch.clamp(2 * delta_d - dist, min=0) ** 2 * pair).sum((1, 2))
     inter_img = push / (n_present * (n_present - 1)).clamp_min(1)
@@ -55,6 +66,7 @@ def _inter_grad(mu: Tensor, counts: Tensor, delta_d: float) -> Tensor:
     """d(inter)/d(mu) [B,K,D]: each ordered pair pulls with weight -2 hinge / dist."""
     present = counts > 0
     n_present = present.sum(1)
+    mu = _centred(mu, present)
     dist, pair = _pair_distances(mu, present)
     has_inter, n_inter = _image_weights(present, 2)
     scale = has_inter / (n_inter * (n_present * (n_present - 1)).clamp_min(1))
@@ -68,19 +80,21 @@ def _inter_grad(mu: Tensor, counts: Tensor, delta_d: float) -> Tensor:
 @torch.library.custom_op("csfr::cac_loss_terms", mutates_args=())
 def _cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float, delta_d: float,
                ignore_index: int, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """feats [B,D,N] contiguous (see `flat_features`), labels [B,*sp]."""
     check_label_values(labels, num_classes, ignore_index, "cac_loss")
     k = kernels(backend)
-    f, y = flatten(feats, labels)
-    sums, counts = k.segment_sum(f, y, num_classes, ignore_index)
+    y = flat_labels(labels)
+    sums, counts = k.segment_sum(feats, y, num_classes, ignore_index)
     check_finite_sums(sums, "cac_loss")
     mu = (sums / counts.clamp_min(1).unsqueeze(-1)).contiguous()
-    coef, hinge, wsum, wcount = k.cac_pixel_pass(f, y, mu, delta_v, ignore_index)
-    return _terms(mu, counts, hinge, delta_d), mu, counts, coef, wsum, wcount
+    coef, hinge, wsum, wcount = k.cac_pixel_pass(feats, y, mu, delta_v, ignore_index)
+    terms = nan_unless_finite(_terms(mu, counts, hinge, delta_d), sums)
+    return terms, mu, counts, coef, wsum, wcount
 
 
 @_cac_terms.register_fake
 def _(feats, labels, num_classes, delta_v, delta_d, ignore_index, backend):
-    b, d, n = feats.shape[0], feats.shape[1], math.prod(feats.shape[2:])
+    b, d, n = feats.shape
     acc = acc_dtype(feats.dtype)
     return (feats.new_empty(2, dtype=acc), feats.new_empty(b, num_classes, d, dtype=acc),
             feats.new_empty(b, num_classes, dtype=acc), feats.new_empty(b, n, dtype=acc),
@@ -89,22 +103,22 @@ def _(feats, labels, num_classes, delta_v, delta_d, ignore_index, backend):
 
 def _setup_context(ctx, inputs, output):
     feats, labels, _, _, delta_d, ignore_index, backend = inputs
-    _, mu, counts, coef, wsum, wcount = output
-    ctx.save_for_backward(feats, labels, mu, counts, coef, wsum, wcount)
+    _, mu, counts, coef, wsum, _ = output
+    ctx.save_for_backward(feats, labels, mu, counts, coef, wsum)
     ctx.delta_d, ctx.ignore_index, ctx.backend = delta_d, ignore_index, backend
     ctx.mark_non_differentiable(*output[1:])
 
 
 def _backward(ctx, grad_terms, *_):
-    feats, labels, mu, counts, coef, wsum, wcount = ctx.saved_tensors
+    feats, labels, mu, counts, coef, wsum = ctx.saved_tensors
     go = grad_terms.to(mu.dtype)
     present = counts > 0
     has_intra, n_intra = _image_weights(present, 1)
     # d(intra)/d(f_i) direct part is a[y_i] * coef_i * (f_i - mu[y_i])
     a = go[0] * has_intra.unsqueeze(1) * present / (
         n_intra * present.sum(1, keepdim=True).clamp_min(1) * counts.clamp_min(1))
-    # gradient reaching the centroids, from intra (through mu) and from inter
-    g_mu = -a.unsqueeze(-1) * (wsum - wcount.unsqueeze(-1) * mu) + go[1] * _inter_grad(mu, counts, ctx.delta_d)
+    # gradient reaching the centroids, from intra (through mu: wsum = sum coef_i (f_i - mu)) and from inter
+    g_mu = -a.unsqueeze(-1) * wsum + go[1] * _inter_grad(mu, counts, ctx.delta_d)
     g = (g_mu / counts.clamp_min(1).unsqueeze(-1)).contiguous()
     dfeats = pixel_grad(feats, labels, g, ctx.ignore_index, ctx.backend, mu, coef, a.contiguous())
     return dfeats, None, None, None, None, None, None
@@ -129,7 +143,8 @@ def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 
             check_label_values(labels, num_classes, ignore_index, "cac_loss")
             check_finite_features(feats, labels, ignore_index, "cac_loss")
         return reference.cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index)
-    return _cac_terms(feats, labels, num_classes, float(delta_v), float(delta_d), ignore_index, name)[0]
+    return _cac_terms(flat_features(feats), labels, num_classes, float(delta_v), float(delta_d), ignore_index,
+                      name)[0]
 
 
 def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,
@@ -138,7 +153,8 @@ def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0
     """Class-Aware Consistency loss (docs/design.md, operator 2), a float32 scalar (float64 for float64 input).
 
     feats [B, D, *spatial] (C-S features), labels [B, *spatial] already at feature resolution.
-    Raises on NaN/Inf features instead of returning a NaN loss.
+    NaN/Inf features raise on CPU tensors; on a GPU (where raising would cost a host
+    synchronisation) the loss is NaN instead.
     """
     intra, inter = cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index, backend)
     return w_intra * intra + w_inter * inter

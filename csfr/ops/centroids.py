@@ -15,18 +15,29 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def flatten(feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Features [B,D,*sp] -> contiguous [B,D,N]; labels [B,*sp] -> contiguous int64 [B,N]."""
-    b, d = feats.shape[:2]
-    return feats.reshape(b, d, -1).contiguous(), labels.reshape(b, -1).long().contiguous()
+def flat_features(feats: Tensor) -> Tensor:
+    """Features [B,D,*sp] -> contiguous [B,D,N].
+
+    The operators call it once, before their custom op, so channels-last or sliced features are
+    copied at most once per call and the backward reuses the flat copy (autograd maps the [B,D,N]
+    gradient back through the reshape).
+    """
+    return feats.reshape(*feats.shape[:2], -1).contiguous()
+
+
+def flat_labels(labels: Tensor) -> Tensor:
+    """Labels [B,*sp] -> contiguous int64 [B,N] (a view when they already are)."""
+    return labels.reshape(labels.shape[0], -1).long().contiguous()
 
 
 @torch.library.custom_op("csfr::feature_grad", mutates_args=())
 def pixel_grad(feats: Tensor, labels: Tensor, g: Tensor, ignore_index: int, backend: str,
                mu: Tensor | None, coef: Tensor | None, a: Tensor | None) -> Tensor:
-    """dF_i = a[y_i] * coef_i * (f_i - mu[y_i]) + g[y_i] (the first term only if given)."""
-    f, y = flatten(feats, labels)
-    return kernels(backend).pixel_grad(f, y, g, ignore_index, mu, coef, a).reshape(feats.shape)
+    """dF_i = a[y_i] * coef_i * (f_i - mu[y_i]) + g[y_i] (the first term only if given).
+
+    feats [B,D,N] contiguous, labels [B,*sp]; without the direct term only feats' shape is used.
+    """
+    return kernels(backend).pixel_grad(feats, flat_labels(labels), g, ignore_index, mu, coef, a)
 
 
 @pixel_grad.register_fake
@@ -37,8 +48,9 @@ def _(feats, labels, g, ignore_index, backend, mu, coef, a):
 @torch.library.custom_op("csfr::class_centroids", mutates_args=())
 def _centroids(feats: Tensor, labels: Tensor, num_classes: int, ignore_index: int,
                backend: str) -> tuple[Tensor, Tensor]:
+    """feats [B,D,N] contiguous (see `flat_features`), labels [B,*sp]."""
     check_label_values(labels, num_classes, ignore_index, "class_centroids")
-    sums, counts = kernels(backend).segment_sum(*flatten(feats, labels), num_classes, ignore_index)
+    sums, counts = kernels(backend).segment_sum(feats, flat_labels(labels), num_classes, ignore_index)
     mu = sums / counts.clamp_min(1).unsqueeze(-1)
     return mu.to(feats.dtype), counts.long()
 
@@ -51,6 +63,8 @@ def _(feats, labels, num_classes, ignore_index, backend):
 
 def _setup_context(ctx, inputs, output):
     feats, labels, _, ignore_index, backend = inputs
+    # feats is saved for its shape and dtype only (the kernel does not read it): it is the flat
+    # view or copy made by `flat_features`, so nothing is copied again in the backward
     ctx.save_for_backward(feats, labels, output[1])
     ctx.ignore_index, ctx.backend = ignore_index, backend
 
@@ -79,4 +93,4 @@ def class_centroids(feats: Tensor, labels: Tensor, num_classes: int, ignore_inde
         if not torch.compiler.is_compiling():
             check_label_values(labels, num_classes, ignore_index, "class_centroids")
         return reference.class_centroids(feats, labels, num_classes, ignore_index)
-    return _centroids(feats, labels, num_classes, ignore_index, name)
+    return _centroids(flat_features(feats), labels, num_classes, ignore_index, name)

@@ -1,8 +1,11 @@
 """Input validation shared by the operators: clear errors before any work is done.
 
-Metadata checks (shape, dtype, device, K) run everywhere, also under torch.compile.
+Metadata checks (shape, dtype, device, K, D) run everywhere, also under torch.compile.
 Value checks (label range, finite features) need the data, so they run inside the custom
-ops, which execute eagerly even in a compiled graph.
+ops, which execute eagerly even in a compiled graph. Reading data on the host would force a
+host synchronisation on a GPU, so on device tensors (`host_checks` is False) the label check is
+a device-side assertion and non-finite features give a NaN loss instead of an exception;
+the training loop checks label values on the CPU, before the batch is moved to the device.
 """
 
 from __future__ import annotations
@@ -32,11 +35,27 @@ def check_features_labels(feats: Tensor, labels: Tensor, num_classes: int, op: s
         raise ValueError(f"{op}: features are on {feats.device} but labels are on {labels.device}")
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"{op}: num_classes must be an integer >= 1, got {num_classes!r}")
+    if feats.shape[1] == 0:
+        raise ValueError(f"{op}: features have no channels (D = 0), shape {tuple(feats.shape)}")
+
+
+def host_checks(t: Tensor) -> bool:
+    """Whether value checks may read `t` on the host: only for CPU tensors. Anywhere else the
+    read is a host synchronisation, so the checks there are asynchronous or skipped."""
+    return t.device.type == "cpu"
 
 
 def check_label_values(labels: Tensor, num_classes: int, ignore_index: int, op: str) -> None:
-    """Every label is in [0, num_classes) or equals ignore_index; names the first offender."""
+    """Every label is in [0, num_classes) or equals ignore_index; names the first offender.
+
+    On device tensors a device-side assertion (no host sync): it fails at a later CUDA call,
+    with this message but without the value; the kernels ignore such labels meanwhile.
+    """
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    if not host_checks(labels):
+        torch._assert_async(~bad.any(), f"{op}: a label value is outside [0, {num_classes}) and is not "
+                            f"ignore_index={ignore_index} (check the labels on the CPU to see which)")
+        return
     if bool(bad.any()):
         value = int(labels[bad][0])
         where = tuple(int(i) for i in bad.nonzero()[0])
@@ -53,14 +72,25 @@ def _non_finite(op: str, image: int, cls: int) -> NonFiniteFeatures:
 
 
 def check_finite_sums(sums: Tensor, op: str) -> None:
-    """Class sums [B,K,D] are finite iff every counted feature is: the fused backends' check."""
-    if not bool(torch.isfinite(sums).all()):
+    """Class sums [B,K,D] are finite iff every counted feature is: the fused backends' check.
+    On device tensors it does nothing: `nan_unless_finite` makes the result NaN instead."""
+    if host_checks(sums) and not bool(torch.isfinite(sums).all()):
         bad = (~torch.isfinite(sums)).nonzero()[0]
         raise _non_finite(op, int(bad[0]), int(bad[1]))
 
 
+def nan_unless_finite(values: Tensor, sums: Tensor) -> Tensor:
+    """`values`, or NaN where any class sum is not finite (device tensors; the host raised already)."""
+    if host_checks(sums):
+        return values
+    return torch.where(torch.isfinite(sums).all(), values, torch.nan)
+
+
 def check_finite_features(feats: Tensor, labels: Tensor, ignore_index: int, op: str) -> None:
-    """Every counted pixel's features are finite (ignored pixels may hold anything)."""
+    """Every counted pixel's features are finite (ignored pixels may hold anything). Host tensors
+    only: on a device the reference's loss is NaN instead."""
+    if not host_checks(feats):
+        return
     bad = ~torch.isfinite(feats).all(1) & (labels != ignore_index)
     if bool(bad.any()):
         where = tuple(bad.nonzero()[0])

@@ -5,6 +5,11 @@ so most tiles hold a single class: such a tile reduces in registers and issues o
 per channel; a mixed tile falls back to one atomic per element. Either way nothing of size
 N x K is formed. cac_pixel_pass reads its tile twice (norm, then weighted sum); the second
 read is served from L1/L2, so the operator stays at two passes over the features in DRAM.
+
+Deterministic mode (torch.use_deterministic_algorithms(True)) replaces the atomics: one
+program per (image, channel block) walks the pixel tiles in order and accumulates the class
+sums as a one-hot matrix product in registers (`_class_sums_kernel`), with fixed block sizes.
+Labels outside [0, K) are treated as ignored (on a GPU they are checked asynchronously).
 """
 
 from __future__ import annotations
@@ -13,20 +18,23 @@ import torch
 import triton
 import triton.language as tl
 
-from csfr.ops.triton.tuning import acc_dtype, configs, tl_acc
+from csfr.ops.triton.tuning import acc_dtype, bucket, configs, deterministic, tl_acc
 
 _TILE_CONFIGS = configs([{"BLOCK_N": n, "BLOCK_D": d} for n in (32, 64, 128) for d in (32, 64)],
                         {"BLOCK_N": 16, "BLOCK_D": 16})
+_TILE_KEY = ["d_bucket", "n_bucket", "k_bucket"]
+# the fixed tile of the deterministic path (autotuning could pick another summation order per run)
+DETERMINISTIC_TILE = {"BLOCK_N": 32, "BLOCK_D": 32}
 
 
 @triton.jit
-def _pixel_tile(labels_ptr, N, ignore_index, BLOCK_N: tl.constexpr):
+def _pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N: tl.constexpr):
     """This program's image b (int64: offsets may pass 2**31 on large batches), its pixel indices,
     their labels and which of them count."""
     b = tl.program_id(0).to(tl.int64)
     pix = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     y = tl.load(labels_ptr + b * N + pix, mask=pix < N, other=ignore_index)
-    return b, pix, y, (pix < N) & (y != ignore_index)
+    return b, pix, y, (pix < N) & (y != ignore_index) & (y >= 0) & (y < K)
 
 
 @triton.jit
@@ -57,11 +65,12 @@ def _add_rows_by_class(dst_ptr, base, ch, D, y, valid, uniform, values, ACC: tl.
                       mask=(ch[:, None] < D) & valid[None, :])
 
 
-@triton.autotune(configs=_TILE_CONFIGS, key=["D", "N", "K"], reset_to_zero=["sums_ptr", "counts_ptr"])
+@triton.autotune(configs=_TILE_CONFIGS, key=_TILE_KEY, reset_to_zero=["sums_ptr", "counts_ptr"])
 @triton.jit
 def _segment_sum_kernel(feats_ptr, labels_ptr, sums_ptr, counts_ptr, D, N, K, ignore_index,
+                        d_bucket, n_bucket, k_bucket,
                         ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    b, pix, y, valid = _pixel_tile(labels_ptr, N, ignore_index, BLOCK_N)
+    b, pix, y, valid = _pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N)
     uniform = _tile_class(y, valid)
     y = tl.where(valid, y, 0)
     _add_by_class(counts_ptr, b * K, y, valid, uniform, tl.where(valid, 1.0, 0.0), ACC)
@@ -72,24 +81,76 @@ def _segment_sum_kernel(feats_ptr, labels_ptr, sums_ptr, counts_ptr, D, N, K, ig
         _add_rows_by_class(sums_ptr, b * K * D, ch, D, y, valid, uniform, f, ACC)
 
 
+@triton.jit
+def _class_sums_kernel(src_ptr, labels_ptr, coef_ptr, mu_ptr, out_ptr, counts_ptr, D, N, K, ignore_index,
+                       WEIGHTED: tl.constexpr, COUNT: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Deterministic class sums of this program's channel block: out[b, k, ch] = sum_{i in k} src_i[ch]
+    (WEIGHTED: coef_i (src_i[ch] - mu_k[ch])), counts[b, k] = n_k (COUNT). The pixel tiles are
+    visited in order and summed as onehot [K, tile] @ src [tile, ch]: no atomics, a fixed order."""
+    b = tl.program_id(0).to(tl.int64)
+    ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    ks = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_K, BLOCK_D], dtype=ACC)
+    cnt = tl.zeros([BLOCK_K], dtype=ACC)
+    for n0 in range(0, N, BLOCK_N):
+        pix = n0 + tl.arange(0, BLOCK_N)
+        y = tl.load(labels_ptr + b * N + pix, mask=pix < N, other=ignore_index)
+        valid = (pix < N) & (y != ignore_index) & (y >= 0) & (y < K)
+        y = tl.where(valid, y, 0)
+        mask = valid[:, None] & (ch[None, :] < D)
+        f = tl.load(src_ptr + (b * D + ch[None, :]) * N + pix[:, None], mask=mask, other=0).to(ACC)
+        if WEIGHTED:
+            m = tl.load(mu_ptr + (b * K + y[:, None]) * D + ch[None, :], mask=mask, other=0)
+            c = tl.load(coef_ptr + b * N + pix, mask=valid, other=0)
+            f = c[:, None] * (f - m)
+        onehot = tl.where((ks[:, None] == y[None, :]) & valid[None, :], 1.0, 0.0).to(ACC)
+        acc += tl.dot(onehot, f, input_precision="ieee", out_dtype=ACC)
+        if COUNT:
+            cnt += tl.sum(onehot, 1)
+    tl.store(out_ptr + (b * K + ks[:, None]) * D + ch[None, :], acc, mask=(ks[:, None] < K) & (ch[None, :] < D))
+    if COUNT:  # noqa: SIM102 (COUNT is a compile-time constant; the program id is not)
+        if tl.program_id(1) == 0:
+            tl.store(counts_ptr + b * K + ks, cnt, mask=ks < K)
+
+
+def _class_sums(src, labels, k: int, ignore_index: int, coef=None, mu=None, counts=None):
+    """Launches `_class_sums_kernel`: [B,K,D] class sums of src [B,D,N] (weighted if coef and mu)."""
+    b, d, n = src.shape
+    out = src.new_empty(b, k, d, dtype=acc_dtype(src.dtype))
+    block_k = bucket(max(k, 16))
+    block_d = max(16, min(32, 8192 // block_k))  # keeps the [K, D] accumulator within registers
+    weighted = coef is not None
+    _class_sums_kernel[(b, triton.cdiv(d, block_d))](
+        src, labels, coef if weighted else out, mu if weighted else out, out,
+        counts if counts is not None else out, d, n, k, ignore_index, WEIGHTED=weighted,
+        COUNT=counts is not None, ACC=tl_acc(src.dtype), BLOCK_N=32, BLOCK_D=block_d, BLOCK_K=block_k)
+    return out
+
+
 def segment_sum(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int):
     b, d, n = feats.shape
     acc = acc_dtype(feats.dtype)
     sums = feats.new_zeros(b, num_classes, d, dtype=acc)
     counts = feats.new_zeros(b, num_classes, dtype=acc)
-    if b * n:
-        grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]))
-        _segment_sum_kernel[grid](feats, labels, sums, counts, d, n, num_classes, ignore_index,
-                                  ACC=tl_acc(feats.dtype))
+    if b * n == 0:
+        return sums, counts
+    if deterministic():
+        return _class_sums(feats, labels, num_classes, ignore_index, counts=counts), counts
+    grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]))
+    _segment_sum_kernel[grid](feats, labels, sums, counts, d, n, num_classes, ignore_index,
+                              bucket(d), bucket(n), bucket(num_classes), ACC=tl_acc(feats.dtype))
     return sums, counts
 
 
-@triton.autotune(configs=_TILE_CONFIGS, key=["D", "N", "K"],
-                 reset_to_zero=["hinge_ptr", "wsum_ptr", "wcount_ptr"])
+@triton.autotune(configs=_TILE_CONFIGS, key=_TILE_KEY, reset_to_zero=["hinge_ptr", "wsum_ptr", "wcount_ptr"])
 @triton.jit
 def _cac_pixel_pass_kernel(feats_ptr, labels_ptr, mu_ptr, delta_v, coef_ptr, hinge_ptr, wsum_ptr, wcount_ptr,
-                           D, N, K, ignore_index, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    b, pix, y, valid = _pixel_tile(labels_ptr, N, ignore_index, BLOCK_N)
+                           D, N, K, ignore_index, d_bucket, n_bucket, k_bucket, PER_PIXEL: tl.constexpr,
+                           ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """PER_PIXEL (the deterministic path): only coef and the per-pixel hinge h^2 (into hinge_ptr,
+    [B, N]) are written; their class sums are taken by `_class_sums_kernel`."""
+    b, pix, y, valid = _pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N)
     uniform = _tile_class(y, valid)
     y = tl.where(valid, y, 0)
     mu_row = (b * K + y) * D
@@ -105,14 +166,19 @@ def _cac_pixel_pass_kernel(feats_ptr, labels_ptr, mu_ptr, delta_v, coef_ptr, hin
     h = tl.where(valid, h, 0.0)
     c = tl.where(r > 0, 2 * h / tl.where(r > 0, r, 1.0), 0.0)
     tl.store(coef_ptr + b * N + pix, c, mask=pix < N)
-    _add_by_class(hinge_ptr, b * K, y, valid, uniform, h * h, ACC)
-    _add_by_class(wcount_ptr, b * K, y, valid, uniform, c, ACC)
-    if tl.max(c, 0) > 0:  # tiles whose pixels all lie within the margin add nothing to wsum
-        for d0 in range(0, D, BLOCK_D):
-            ch = d0 + tl.arange(0, BLOCK_D)
-            mask = (ch[:, None] < D) & valid[None, :]
-            f = tl.load(feats_ptr + (b * D + ch[:, None]) * N + pix[None, :], mask=mask, other=0).to(ACC)
-            _add_rows_by_class(wsum_ptr, b * K * D, ch, D, y, valid, uniform, c[None, :] * f, ACC)
+    if PER_PIXEL:
+        tl.store(hinge_ptr + b * N + pix, h * h, mask=pix < N)
+    else:
+        _add_by_class(hinge_ptr, b * K, y, valid, uniform, h * h, ACC)
+        _add_by_class(wcount_ptr, b * K, y, valid, uniform, c, ACC)
+        if tl.max(c, 0) > 0:  # tiles whose pixels all lie within the margin add nothing to wsum
+            for d0 in range(0, D, BLOCK_D):
+                ch = d0 + tl.arange(0, BLOCK_D)
+                mask = (ch[:, None] < D) & valid[None, :]
+                f = tl.load(feats_ptr + (b * D + ch[:, None]) * N + pix[None, :], mask=mask, other=0).to(ACC)
+                m = tl.load(mu_ptr + mu_row[None, :] + ch[:, None], mask=mask, other=0)
+                # wsum from differences: sum coef (f - mu), exact under a large common offset
+                _add_rows_by_class(wsum_ptr, b * K * D, ch, D, y, valid, uniform, c[None, :] * (f - m), ACC)
 
 
 def cac_pixel_pass(feats, labels, mu, delta_v: float, ignore_index: int):
@@ -123,18 +189,29 @@ def cac_pixel_pass(feats, labels, mu, delta_v: float, ignore_index: int):
     hinge = feats.new_zeros(b, k, dtype=acc)
     wsum = feats.new_zeros(b, k, d, dtype=acc)
     wcount = feats.new_zeros(b, k, dtype=acc)
-    if b * n:
-        grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]))
-        _cac_pixel_pass_kernel[grid](feats, labels, mu, float(delta_v), coef, hinge, wsum, wcount, d, n, k,
-                                     ignore_index, ACC=tl_acc(feats.dtype))
+    if b * n == 0:
+        return coef, hinge, wsum, wcount
+    args = (d, n, k, ignore_index, bucket(d), bucket(n), bucket(k))
+    if deterministic():
+        hinge_px = feats.new_zeros(b, n, dtype=acc)
+        _cac_pixel_pass_kernel.fn[(b, triton.cdiv(n, DETERMINISTIC_TILE["BLOCK_N"]))](
+            feats, labels, mu, float(delta_v), coef, hinge_px, wsum, wcount, *args, PER_PIXEL=True,
+            ACC=tl_acc(feats.dtype), **DETERMINISTIC_TILE)
+        sums = _class_sums(torch.stack([hinge_px, coef], 1), labels, k, ignore_index)
+        wsum = _class_sums(feats, labels, k, ignore_index, coef=coef, mu=mu)
+        return coef, sums[..., 0].contiguous(), wsum, sums[..., 1].contiguous()
+    grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]))
+    _cac_pixel_pass_kernel[grid](feats, labels, mu, float(delta_v), coef, hinge, wsum, wcount, *args,
+                                 PER_PIXEL=False, ACC=tl_acc(feats.dtype))
     return coef, hinge, wsum, wcount
 
 
-@triton.autotune(configs=_TILE_CONFIGS, key=["D", "N", "K", "DIRECT"])
+@triton.autotune(configs=_TILE_CONFIGS, key=_TILE_KEY + ["DIRECT"])
 @triton.jit
 def _pixel_grad_kernel(feats_ptr, labels_ptr, g_ptr, mu_ptr, coef_ptr, a_ptr, out_ptr, D, N, K, ignore_index,
-                       DIRECT: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    b, pix, y, valid = _pixel_tile(labels_ptr, N, ignore_index, BLOCK_N)
+                       d_bucket, n_bucket, k_bucket, DIRECT: tl.constexpr, ACC: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    b, pix, y, valid = _pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N)
     ch = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     y = tl.where(valid, y, 0)
     mask = (ch[:, None] < D) & valid[None, :]
@@ -155,8 +232,9 @@ def pixel_grad(feats, labels, g, ignore_index: int, mu=None, coef=None, a=None):
     out = torch.empty_like(feats)
     if out.numel():
         direct = mu is not None
+        k = g.shape[1]
         grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(d, meta["BLOCK_D"]))
         _pixel_grad_kernel[grid](feats, labels, g, mu if direct else g, coef if direct else g,
-                                 a if direct else g, out, d, n, g.shape[1], ignore_index,
+                                 a if direct else g, out, d, n, k, ignore_index, bucket(d), bucket(n), bucket(k),
                                  DIRECT=direct, ACC=tl_acc(feats.dtype))
     return out

@@ -1,7 +1,9 @@
-"""Autotuning configurations, and the single one used under the Triton interpreter.
+"""Autotuning configurations and keys, the interpreter's single configuration, the deterministic switch.
 
 The interpreter (TRITON_INTERPRET=1, Triton on CPU tensors) runs a kernel in numpy; trying
 several configurations there only costs time, so one small configuration is used.
+Autotuning is keyed on size buckets (`bucket`), not on exact sizes: evaluating images of many
+sizes (ADE20K whole-image, multi-scale testing) then tunes once per bucket, not once per size.
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from csfr.ops.centroids import acc_dtype
+
+__all__ = ["acc_dtype", "bucket", "configs", "deterministic", "interpreted", "tl_acc"]
 
 
 def interpreted() -> bool:
@@ -24,9 +30,16 @@ def configs(blocks: list[dict], interp: dict) -> list[triton.Config]:
     return [triton.Config(block, num_warps=warps) for block in blocks for warps in (4, 8)]
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 accumulates in fp64; fp32, fp16 and bf16 in fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+def bucket(size: int) -> int:
+    """The autotuning bucket of a size: the power of two at or above it (1 for 0 or 1), so sizes
+    up to 2**31 fall in at most 32 buckets."""
+    return triton.next_power_of_2(max(int(size), 1))
+
+
+def deterministic() -> bool:
+    """True under torch.use_deterministic_algorithms(True): the kernels then take their
+    atomics-free paths with fixed block sizes, so results are bitwise reproducible."""
+    return torch.are_deterministic_algorithms_enabled()
 
 
 def tl_acc(dtype: torch.dtype):

@@ -1,0 +1,48 @@
+"""Fake (meta) kernels of the five C++ kernel ops (torch.ops.csfr.*, docs/kernels.md): output
+shapes and dtypes without data, so the ops work with FakeTensors (torch.compile, torch.library.opcheck).
+Registered only when the extension csfr._C is built (the ops exist only then)."""
+
+from __future__ import annotations
+
+import torch
+
+from csfr.ops.centroids import acc_dtype
+
+
+def _acc(feats, *shape):
+    return feats.new_empty(shape, dtype=acc_dtype(feats.dtype))
+
+
+def _segment_sum(feats, labels, num_classes, ignore_index):
+    b, d, _ = feats.shape
+    return _acc(feats, b, num_classes, d), _acc(feats, b, num_classes)
+
+
+def _cac_pixel_pass(feats, labels, mu, delta_v, ignore_index):
+    b, d, n = feats.shape
+    k = mu.shape[1]
+    return _acc(feats, b, n), _acc(feats, b, k), _acc(feats, b, k, d), _acc(feats, b, k)
+
+
+def _pixel_grad(feats, labels, g, ignore_index, mu, coef, a):
+    return torch.empty_like(feats)
+
+
+def _blend_forward(x, s, g):
+    return torch.empty_like(x)
+
+
+def _blend_backward(grad_z, x, s, g):
+    return torch.empty_like(x), torch.empty_like(s), torch.empty_like(g)
+
+
+FAKES = {"segment_sum": _segment_sum, "cac_pixel_pass": _cac_pixel_pass, "pixel_grad": _pixel_grad,
+         "blend_forward": _blend_forward, "blend_backward": _blend_backward}
+
+try:
+    from csfr import _C  # noqa: F401  (defines the ops)
+except ImportError:
+    pass
+else:
+    for _name, _fake in FAKES.items():
+        torch.library.register_fake(f"csfr::{_name}")(_fake)

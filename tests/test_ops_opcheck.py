@@ -1,0 +1,74 @@
+"""torch.library.opcheck on every csfr custom op: schema, fake kernel, autograd registration and
+AOT dispatch with dynamic shapes, checked together (PyTorch's custom-op guide)."""
+
+import pytest
+import torch
+
+import csfr  # noqa: F401  (registers the ops)
+from csfr.ops.blend import _canonical_gate
+
+# backends the composite ops are checked on (the lead adds emulated CUDA here)
+BACKENDS = [pytest.param("cpu", id="cpu"), pytest.param("triton", id="triton")]
+
+
+def _segment_inputs(dtype=torch.float32, requires_grad=False):
+    feats = torch.randn(2, 5, 24, dtype=dtype, requires_grad=requires_grad)
+    labels = torch.randint(0, 4, (2, 24))
+    labels[0, :3] = 255
+    return feats, labels
+
+
+def _kernel_cases():
+    """(kernel op, args) covering every kernel of the contract, on the C++ CPU kernels."""
+    feats, labels = _segment_inputs()
+    ops = torch.ops.csfr
+    mu = torch.randn(2, 4, 5)
+    g, coef, a = torch.randn(2, 4, 5), torch.rand(2, 24), torch.rand(2, 4)
+    x, s = torch.randn(2, 6, 10), torch.randn(2, 6, 10)
+    for f in (feats, feats.half()):  # fp32 accumulation for fp16 features
+        yield f"segment_sum_{f.dtype}", ops.segment_sum.default, (f, labels, 4, 255)
+        yield f"cac_pixel_pass_{f.dtype}", ops.cac_pixel_pass.default, (f, labels, mu, 0.1, 255)
+    yield "pixel_grad", ops.pixel_grad.default, (feats, labels, g, 255, mu, coef, a)
+    yield "pixel_grad_no_direct", ops.pixel_grad.default, (feats, labels, g, 255, None, None, None)
+    for shape in ((2, 6, 10), (2, 1, 10), (2, 6, 1)):
+        gate = torch.randn(shape)
+        yield f"blend_forward_{shape[1]}x{shape[2]}", ops.blend_forward.default, (x, s, gate)
+        yield f"blend_backward_{shape[1]}x{shape[2]}", ops.blend_backward.default, \
+            (torch.randn_like(x), x, s, gate)
+
+
+KERNEL_CASES = {name: (op, args) for name, op, args in _kernel_cases()}
+
+
+@pytest.mark.parametrize("case", list(KERNEL_CASES))
+def test_cpu_kernel_ops(case):
+    op, args = KERNEL_CASES[case]
+    torch.library.opcheck(op, args)
+
+
+def _composite_cases(backend):
+    feats, labels = _segment_inputs(requires_grad=True)
+    ops = torch.ops.csfr
+    yield "cac_loss_terms", ops.cac_loss_terms.default, (feats, labels, 4, 0.1, 1.0, 255, backend)
+    yield "class_centroids", ops.class_centroids.default, (feats, labels, 4, 255, backend)
+    g = torch.randn(2, 4, 5)
+    mu, coef, a = torch.randn(2, 4, 5), torch.rand(2, 24), torch.rand(2, 4)
+    yield "feature_grad", ops.feature_grad.default, (feats.detach(), labels, g, 255, backend, mu, coef, a)
+    x, s = (torch.randn(2, 6, 3, 4, requires_grad=True) for _ in range(2))
+    for kind, shape in (("full", (2, 6, 3, 4)), ("pixel", (2, 1, 3, 4)), ("channel", (2, 6, 1, 1))):
+        gate = _canonical_gate(x, torch.randn(shape)).requires_grad_(True)
+        flat = [t.reshape(2, 6, 12).detach().requires_grad_(True) for t in (x, s)]
+        yield f"gated_blend_{kind}", ops.gated_blend.default, (*flat, gate, backend)
+        dz = torch.randn(2, 6, 12)
+        yield f"gated_blend_backward_{kind}", ops.gated_blend_backward.default, \
+            (dz, *[t.detach() for t in flat], gate.detach(), backend)
+
+
+COMPOSITE_NAMES = [name for name, *_ in _composite_cases("cpu")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", COMPOSITE_NAMES)
+def test_composite_ops(backend, case):
+    op, args = next((op, args) for name, op, args in _composite_cases(backend) if name == case)
+    torch.library.opcheck(op, args)
