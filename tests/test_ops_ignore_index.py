@@ -1,0 +1,38 @@
+"""Every label-taking operator with an ignore_index other than 255, values and gradients compared to the
+reference: -1 (a value no class has), 0 (a class id: those pixels are ignored instead) and K."""
+
+import pytest
+import torch
+from opcases import compare_all_ops
+
+from csfr.ops import reference
+
+BACKENDS = ["cpu", pytest.param("triton", marks=pytest.mark.skipif(torch.cuda.is_available(),
+                                                                    reason="tests/test_ops_gpu.py covers it"))]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ignore_index", [-1, 0, 5])
+@pytest.mark.parametrize("case", ["ignore", "one_class", "all_ignore_image"])
+def test_cac_and_centroids_with_another_ignore_index(backend, ignore_index, case):
+    compare_all_ops(backend, "cpu", torch.float32, (3, 8, 7, 9, 5), case, ignore_index)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_low_precision_with_ignore_index_minus_one(dtype):
+    compare_all_ops("cpu", "cpu", dtype, (2, 24, 9, 11, 19), "blocky", -1)
+
+
+def test_reference_ignores_exactly_the_ignore_index_pixels():
+    """The reference itself: ignore_index=-1 equals dropping those pixels (here, by relabelling them 255)."""
+    feats = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    labels = torch.randint(0, 3, (2, 5, 6))
+    labels[torch.rand(2, 5, 6) < 0.3] = -1
+    as_255 = torch.where(labels == -1, 255, labels)
+    for got, want in zip(reference.class_centroids(feats, labels, 3, -1), reference.class_centroids(feats, as_255, 3)):
+        assert torch.equal(got, want)
+    torch.testing.assert_close(reference.cac_terms(feats, labels, 3, ignore_index=-1),
+                               reference.cac_terms(feats, as_255, 3), rtol=1e-12, atol=0)
+    # and it changes the answer: counting the -1 pixels as class 0 gives other terms
+    as_class0 = torch.where(labels == -1, 0, labels)
+    assert not torch.allclose(reference.cac_terms(feats, as_class0, 3), reference.cac_terms(feats, as_255, 3))
