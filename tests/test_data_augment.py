@@ -75,10 +75,68 @@ def test_cat_max_ratio_redraws_crops_dominated_by_one_class():
     assert balanced_share(1.0) < 0.25 and balanced_share(0.9) > 0.5
 
 
+class ScriptedRng:
+    """Stands in for np.random.Generator: returns the scripted draws in order, checking each call's range."""
+
+    def __init__(self, *draws):
+        self.draws = list(draws)
+
+    def _next(self, kind, low, high):
+        name, value = self.draws.pop(0)
+        assert name == kind and low <= value <= high, (kind, low, high, value)
+        return value
+
+    def integers(self, low, high=None):
+        low, high = (0, low) if high is None else (low, high)
+        return self._next("int", low, high - 1)
+
+    def uniform(self, low, high):
+        return self._next("uniform", low, high)
+
+
+OFF, ON = ("int", 0), ("int", 1)
+
+
+def colourful(h=24, w=32):
+    return np.random.default_rng(0).integers(30, 226, (h, w, 3)).astype(np.uint8)
+
+
+def test_photometric_brightness_and_contrast_are_the_documented_affine_maps():
+    image, label = colourful(), np.zeros((24, 32), np.int64)
+    # brightness +20; contrast first, by 1.5; no saturation, no hue
+    rng = ScriptedRng(ON, ("uniform", 20.0), ON, ON, ("uniform", 1.5), OFF, OFF)
+    out, same = photometric_distortion(image, label, rng)
+    brightened = np.clip(image.astype(np.float32) + 20, 0, 255).astype(np.uint8)
+    expected = np.clip(brightened.astype(np.float32) * 1.5, 0, 255).astype(np.uint8)
+    assert same is label and not rng.draws
+    # Pillow's 8-bit HSV round trip (always taken) moves a channel by a few levels at most
+    error = np.abs(out.astype(int) - expected)
+    assert error.mean() < 0.5 and error.max() <= 6 and (out.astype(int) - image).mean() > 20
+
+
+def test_photometric_saturation_and_hue():
+    grey = np.full((4, 4, 3), 128, np.uint8)
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255
+    image = np.concatenate([grey, red], 1)
+    # no brightness; contrast last and off; saturation x0.5; hue +30 OpenCV units (= +60 degrees)
+    rng = ScriptedRng(OFF, OFF, ON, ("uniform", 0.5), ON, ("int", 30), OFF)
+    out, _ = photometric_distortion(image, np.zeros((4, 8), np.int64), rng, hue_delta=30)
+    assert not rng.draws
+    assert np.array_equal(out[:, :4], grey)  # grey has no saturation and no hue to change
+    r, g, b = out[0, 4].astype(int)
+    # red at half saturation (255, 128, 128) turned by +60 degrees -> yellow at half saturation (255, 255, 128)
+    assert abs(r - 255) <= 3 and abs(g - 255) <= 6 and abs(b - 128) <= 3
+
+
 def test_photometric_distortion_changes_colour_only():
-    image, label = painted()
-    out, same = photometric_distortion(image, label, np.random.default_rng(3))
-    assert out.shape == image.shape and out.dtype == np.uint8 and same is label
+    image, label = colourful(), np.zeros((24, 32), np.int64)
+    changed = 0
+    for seed in range(8):
+        out, same = photometric_distortion(image, label, np.random.default_rng(seed))
+        assert out.shape == image.shape and out.dtype == np.uint8 and same is label
+        changed += int(np.abs(out.astype(int) - image).mean() > 2)
+    assert changed >= 6  # each of 4 steps applies with p = 0.5: all off in 1/16 of the draws
 
 
 def test_pipelines_normalise_and_are_reproducible():
