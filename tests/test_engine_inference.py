@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from csfr.engine.inference import _windows, predict, slide_logits
+from csfr.engine.inference import _windows, label_maps, predict, slide_logits
 
 
 class Pointwise(nn.Module):
@@ -22,6 +22,8 @@ def test_windows_cover_and_end_flush():
     assert _windows(10, 4, 3) == [0, 3, 6]
     assert _windows(11, 4, 3) == [0, 3, 6, 7]
     assert _windows(3, 4, 3) == [0]
+    assert _windows(4, 4, 1) == [0]  # one window fits exactly
+    assert _windows(7, 4, 4) == [0, 3]  # the stride would overshoot: the last window is pulled back
 
 
 def test_slide_equals_whole_for_a_pointwise_model():
@@ -77,3 +79,13 @@ def test_multi_scale_flip_equals_the_mean_over_hand_built_views():
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
     # the augmented views really differ from each other, so each one is checked above
     assert (views[0] - views[2]).abs().max() > 1e-2 and (views[2] - views[3]).abs().max() > 1e-2
+
+
+def test_label_maps_apply_every_eval_setting():
+    torch.manual_seed(0)
+    model, image, out = Lopsided().eval(), torch.randn(1, 3, 16, 12), (20, 15)
+    cfg = {"mode": "slide", "crop_size": (8, 8), "stride": (5, 5), "scales": (0.75, 1.25), "flip": True}
+    expected = predict(model, image, out, "slide", (8, 8), (5, 5), (0.75, 1.25), True).argmax(1)
+    assert torch.equal(label_maps(model, image, out, cfg), expected)
+    unflipped = predict(model, image, out, "slide", (8, 8), (5, 5), (0.75, 1.25), False).argmax(1)
+    assert not torch.equal(unflipped, expected)  # so dropping the flip would be seen

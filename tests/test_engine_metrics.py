@@ -89,6 +89,7 @@ def test_shape_mismatch_is_named():
 
 def test_table_lists_every_class_and_the_means():
     text = table(scores(np.eye(3) * 5, ("road", "sky", "car")))
+    assert text.splitlines()[:2] == ["class     IoU     Acc", "-" * 21]  # as wide as "class", no wider
     assert all(name in text for name in ("road", "sky", "car", "mIoU", "mAcc", "aAcc"))
     assert "100.00" in text
 
