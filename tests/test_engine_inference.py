@@ -1,5 +1,6 @@
 """Whole, sliding-window, multi-scale and flipped inference."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -89,3 +90,22 @@ def test_label_maps_apply_every_eval_setting():
     assert torch.equal(label_maps(model, image, out, cfg), expected)
     unflipped = predict(model, image, out, "slide", (8, 8), (5, 5), (0.75, 1.25), False).argmax(1)
     assert not torch.equal(unflipped, expected)  # so dropping the flip would be seen
+
+
+def test_slide_windows_of_a_position_dependent_model_against_hand_built_sums():
+    torch.manual_seed(0)
+    model = Lopsided().eval()
+    small = torch.randn(1, 3, 5, 6)  # smaller than the window: padded to 8x8 once, then cropped
+    padded = F.pad(small, (0, 2, 0, 3))
+    torch.testing.assert_close(slide_logits(model, small, (8, 8), (4, 4)), model(padded)[:, :, :5, :6])
+    wide = torch.randn(1, 3, 8, 12)  # windows at x = 0 and 4, overlapping in columns 4..7
+    total = torch.zeros(1, 4, 8, 12)
+    total[..., :8] += model(wide[..., :8])
+    total[..., 4:] += model(wide[..., 4:])
+    count = torch.tensor([1.0] * 4 + [2.0] * 4 + [1.0] * 4)
+    torch.testing.assert_close(slide_logits(model, wide, (8, 8), (4, 4)), total / count)
+
+
+def test_unknown_mode_is_named():
+    with pytest.raises(ValueError, match="eval.mode must be whole or slide, got 'tiles'"):
+        predict(Pointwise().eval(), torch.randn(1, 3, 8, 8), (8, 8), mode="tiles")
