@@ -3,9 +3,9 @@ bf16 autocast, and in fp16 with the grad scaler.
 
 The comparison needs a model whose output for an image does not depend on the other images of its
 micro-batch: BatchNorm is swapped for a per-image GroupNorm and dropout is off (`batch_independent`).
-The batches are built so that each loss is a mean of per-image means: no ignore pixels (the
-cross-entropy averages over the counted pixels of a batch) and every class in every image (the CAC
-inter term averages over the images that hold two classes).
+The batches are built so that each loss is a mean of per-image means: as many ignore pixels in
+every image (the cross-entropy averages over the counted pixels of a batch) and every class in every
+image (the CAC inter term averages over the images that hold two classes).
 """
 
 import pytest
@@ -30,6 +30,7 @@ def hand_batch(n, size=32, k=4, seed=0):
     blocks = torch.arange(16).view(4, 4) % k
     labels = torch.stack([blocks.flatten()[torch.randperm(16, generator=gen)].view(4, 4) for _ in range(n)])
     labels = labels.repeat_interleave(size // 4, 1).repeat_interleave(size // 4, 2)
+    labels[:, :2, :2] = 255  # as many ignore pixels in every image: the means still split evenly
     return images, labels
 
 
@@ -69,3 +70,11 @@ def test_accumulated_micro_batches_give_the_update_of_the_whole_batch(amp, tmp_p
     assert error < rtol, f"accumulated update differs from the whole batch's by {error:.3g} (relative)"
     for name in whole_losses:
         assert accumulated_losses[name] == pytest.approx(whole_losses[name], rel=rtol), name
+
+
+def test_bad_label_in_a_training_batch_is_named_before_the_forward_pass(tmp_path):
+    trainer = Trainer(tiny_config(), tmp_path, progress=False)
+    images, labels = hand_batch(4)
+    labels[2, 5, 6] = 9
+    with pytest.raises(ValueError, match=r"training batch: label value 9 at index \(2, 5, 6\)"):
+        trainer._step(trainer.model, iter([{"image": images, "label": labels}]))
