@@ -8,11 +8,14 @@ every image (the cross-entropy averages over the counted pixels of a batch) and 
 image (the CAC inter term averages over the images that hold two classes).
 """
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from csfr.engine.trainer import Trainer
+from csfr.engine.trainer import NonFiniteLoss, Trainer
 from csfr.models import layers
 from runs import tiny_config
 
@@ -78,3 +81,44 @@ def test_bad_label_in_a_training_batch_is_named_before_the_forward_pass(tmp_path
     labels[2, 5, 6] = 9
     with pytest.raises(ValueError, match=r"training batch: label value 9 at index \(2, 5, 6\)"):
         trainer._step(trainer.model, iter([{"image": images, "label": labels}]))
+
+
+class RecordingDDP(DistributedDataParallel):
+    """Passes through to the model and records, per forward pass, whether gradient sync was off."""
+
+    def __init__(self, module):
+        nn.Module.__init__(self)
+        self.module, self.syncing, self.calls = module, True, []
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+    def forward(self, *args):
+        self.calls.append(self.syncing)
+        return self.module(*args)
+
+
+def test_gradients_are_synchronised_on_the_last_micro_batch_only(tmp_path):
+    trainer = Trainer(tiny_config("train.accum_steps=2"), tmp_path, progress=False)
+    images, labels = hand_batch(4)
+    network = RecordingDDP(trainer.model)
+    trainer._step(network, iter([{"image": images[:2], "label": labels[:2]},
+                                 {"image": images[2:], "label": labels[2:]}]))
+    assert network.calls == [False, True]
+
+
+def test_non_finite_loss_stops_before_the_update(tmp_path):
+    trainer = Trainer(tiny_config(), tmp_path, progress=False)
+    with torch.no_grad():
+        trainer.model.classifier[1].bias.fill_(float("nan"))
+    before = {k: v.clone() for k, v in trainer.model.named_parameters()}
+    images, labels = hand_batch(4)
+    with pytest.raises(NonFiniteLoss, match=r"loss is not finite at iteration 1 \(ce=nan"):
+        trainer._step(trainer.model, iter([{"image": images, "label": labels}]))
+    after = dict(trainer.model.named_parameters())  # no backward, no optimiser step
+    assert all(torch.equal(before[k], after[k]) and after[k].grad is None for k in before if k != "classifier.1.bias")

@@ -12,8 +12,10 @@ the last results.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import glob
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -59,7 +61,17 @@ def _config(modules: list[str], tests: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_target(name: str, work_dir: Path, children: int) -> dict:
+def _statuses(where: Path, env: dict, patterns: list[str] | None) -> dict[str, str]:
+    """mutant name -> mutmut's verdict, for the mutants matching `patterns` (all if None)."""
+    listing = subprocess.run(["mutmut", "results", "--all", "true"], cwd=where, env=env, capture_output=True,
+                             text=True, check=False).stdout
+    status = dict(re.findall(r"^\s*(\S+): (.+)$", listing, re.MULTILINE))
+    if patterns:
+        status = {k: v for k, v in status.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+    return status
+
+
+def run_target(name: str, work_dir: Path, children: int, sample: int | None, seed: int) -> dict:
     modules, tests, patterns = TARGETS[name]
     where = work_dir / name
     _copy_tree(where)
@@ -67,15 +79,17 @@ def run_target(name: str, work_dir: Path, children: int) -> dict:
     # one thread: OpenMP pools do not survive mutmut's fork, and the machine is shared
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("PYTHONPATH", None)
-    cmd = ["nice", "-n", "19", "mutmut", "run", "--max-children", str(children), *(patterns or [])]
+    mutmut = ["nice", "-n", "19", "mutmut", "run", "--max-children", str(children)]
     with open(where / "mutmut-run.log", "w") as log:
-        subprocess.run(cmd, cwd=where, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
-    listing = subprocess.run(["mutmut", "results", "--all", "true"], cwd=where, env=env, capture_output=True,
-                             text=True, check=False).stdout
-    status = dict(re.findall(r"^\s*(\S+): (.+)$", listing, re.MULTILINE))
-    if patterns:
-        keep = [re.compile(p.replace("*", ".*")) for p in patterns]
-        status = {k: v for k, v in status.items() if any(p.fullmatch(k) for p in keep)}
+        if sample is not None:  # generate the mutants (a filter matching none stops mutmut there), then draw
+            subprocess.run([*mutmut, "list-only"], cwd=where, env=env, stdout=log, stderr=subprocess.STDOUT,
+                           check=False)
+            names = sorted(_statuses(where, env, patterns))
+            patterns = sorted(random.Random(seed).sample(names, min(sample, len(names))))
+            print(f"   sampled {len(patterns)} of {len(names)} mutants (seed {seed})")
+        subprocess.run([*mutmut, *(patterns or [])], cwd=where, env=env, stdout=log, stderr=subprocess.STDOUT,
+                       check=False)
+    status = _statuses(where, env, patterns)
     counts: dict[str, int] = {}
     for value in status.values():
         counts[value] = counts.get(value, 0) + 1
@@ -100,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the copies and mutmut's state go (default /tmp/csfr-mutation); "
                              "`mutmut show NAME` / `mutmut results` work in WORK_DIR/<target>")
     parser.add_argument("--children", type=int, default=1, help="mutants tested in parallel (default 1)")
+    parser.add_argument("--sample", type=int, default=None,
+                        help="test a random sample of this many mutants per target (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
     parser.add_argument("--list", action="store_true", help="print the targets, modules and test selections")
     args = parser.parse_args(argv)
     if args.list:
@@ -112,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("mutmut") is None:
         parser.error("mutmut is not installed: pip install mutmut")
     for name in args.targets or list(TARGETS):
-        run_target(name, args.work_dir, args.children)
+        run_target(name, args.work_dir, args.children, args.sample, args.seed)
     return 0
 
 
