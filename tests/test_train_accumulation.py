@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from csfr.engine.precision import autocast
 from csfr.engine.trainer import NonFiniteLoss, Trainer
 from csfr.models import layers
 from runs import tiny_config
@@ -40,10 +41,12 @@ def hand_batch(n, size=32, k=4, seed=0):
 def one_update(overrides, tmp_path, images, labels, micro_batches):
     """(weights before, weights after, loss values) of one optimiser step over `micro_batches` equal parts."""
     trainer = Trainer(tiny_config(*overrides, f"train.accum_steps={micro_batches}"), tmp_path, progress=False)
+    assert trainer.micro_batch == len(images) // micro_batches and isinstance(trainer.micro_batch, int)
     trainer.model.train()
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     parts = [{"image": i, "label": lb} for i, lb in zip(images.chunk(micro_batches), labels.chunk(micro_batches))]
     losses = trainer._step(trainer.model, iter(parts))
+    assert losses["loss"] == pytest.approx(sum(v for k, v in losses.items() if k != "loss"), rel=1e-6)
     if trainer.scaler.is_enabled():  # a skipped (overflowed) step would compare nothing
         assert trainer.scaler.get_scale() >= 2.0 ** 16, "the fp16 step overflowed and was skipped"
     return before, trainer.model.state_dict(), losses
@@ -61,6 +64,11 @@ def test_accumulated_micro_batches_give_the_update_of_the_whole_batch(amp, tmp_p
     images, labels = hand_batch(4)
     config = (*batch_independent, f"train.amp={amp}")
     start, whole, whole_losses = one_update(config, tmp_path / "whole", images, labels, 1)
+    # the reported losses are the model's own on the whole batch (at the starting weights)
+    reference = Trainer(tiny_config(*config), tmp_path / "reference", progress=False).model.train()
+    with torch.no_grad(), autocast(torch.device("cpu"), amp):
+        expected = {k: float(v) for k, v in reference(images, labels)["losses"].items()}
+    assert {k: v for k, v in whole_losses.items() if k != "loss"} == pytest.approx(expected, rel=1e-6)
     start2, accumulated, accumulated_losses = one_update(config, tmp_path / "accum", images, labels, 2)
     rtol = UPDATE_RTOL[amp]
     for key in start:
@@ -112,13 +120,19 @@ def test_gradients_are_synchronised_on_the_last_micro_batch_only(tmp_path):
     assert network.calls == [False, True]
 
 
-def test_non_finite_loss_stops_before_the_update(tmp_path):
+@pytest.mark.parametrize("poisoned, problem", [
+    ("classifier.1.bias", r"ce=nan"),
+    ("head.csflm.1.0.weight", r"cac_loss: features contain NaN or Inf"),  # raised inside the CAC operator
+])
+def test_non_finite_loss_stops_before_the_update(poisoned, problem, tmp_path):
     trainer = Trainer(tiny_config(), tmp_path, progress=False)
     with torch.no_grad():
-        trainer.model.classifier[1].bias.fill_(float("nan"))
+        dict(trainer.model.named_parameters())[poisoned].fill_(float("nan"))
     before = {k: v.clone() for k, v in trainer.model.named_parameters()}
     images, labels = hand_batch(4)
-    with pytest.raises(NonFiniteLoss, match=r"loss is not finite at iteration 1 \(ce=nan"):
+    with pytest.raises(NonFiniteLoss, match=rf"^loss is not finite at iteration 1 \({problem}.*\); the weights were "
+                       r"not updated\. Last good checkpoint: none written yet\. Lower train\.lr, add warmup "
+                       r"\(train\.warmup_iters\), or use train\.amp=bfloat16 instead of float16\.$"):
         trainer._step(trainer.model, iter([{"image": images, "label": labels}]))
     after = dict(trainer.model.named_parameters())  # no backward, no optimiser step
-    assert all(torch.equal(before[k], after[k]) and after[k].grad is None for k in before if k != "classifier.1.bias")
+    assert all(torch.equal(before[k], after[k]) and after[k].grad is None for k in before if k != poisoned)
