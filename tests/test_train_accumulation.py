@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from csfr.engine import distributed
 from csfr.engine.precision import autocast
 from csfr.engine.trainer import NonFiniteLoss, Trainer
 from csfr.models import layers
@@ -121,7 +122,7 @@ def test_gradients_are_synchronised_on_the_last_micro_batch_only(tmp_path):
 
 
 @pytest.mark.parametrize("poisoned, problem", [
-    ("classifier.1.bias", r"ce=nan"),
+    ("classifier.1.bias", r"ce=nan, aux_ce=[0-9.]+, cac_intra="),
     ("head.csflm.1.0.weight", r"cac_loss: features contain NaN or Inf"),  # raised inside the CAC operator
 ])
 def test_non_finite_loss_stops_before_the_update(poisoned, problem, tmp_path):
@@ -136,3 +137,25 @@ def test_non_finite_loss_stops_before_the_update(poisoned, problem, tmp_path):
         trainer._step(trainer.model, iter([{"image": images, "label": labels}]))
     after = dict(trainer.model.named_parameters())  # no backward, no optimiser step
     assert all(torch.equal(before[k], after[k]) and after[k].grad is None for k in before if k != poisoned)
+
+
+@pytest.mark.parametrize("here, elsewhere", [(True, False), (False, True), (False, False)])
+def test_every_rank_learns_of_a_non_finite_loss_anywhere(here, elsewhere, tmp_path, monkeypatch):
+    """Under DDP each micro-batch asks all ranks (distributed.any_rank, faked here as a second rank)
+    whether any loss was non-finite, and every rank stops together, naming its own problem if it has one."""
+    trainer = Trainer(tiny_config(), tmp_path, progress=False)
+    trainer.ctx = distributed.Context(0, 2, 0, torch.device("cpu"))
+    asked = []
+    monkeypatch.setattr(distributed, "any_rank", lambda flag, device: asked.append((flag, device)) or flag or elsewhere)
+    if here:
+        with torch.no_grad():
+            trainer.model.classifier[1].bias.fill_(float("nan"))
+    images, labels = hand_batch(4)
+    batches = iter([{"image": images, "label": labels}])
+    if here or elsewhere:
+        problem = r"ce=nan" if here else r"on another rank"
+        with pytest.raises(NonFiniteLoss, match=rf"loss is not finite at iteration 1 \({problem}"):
+            trainer._step(trainer.model, batches)
+    else:
+        trainer._step(trainer.model, batches)
+    assert asked == [(here, torch.device("cpu"))]
