@@ -1,7 +1,7 @@
 """Mutation testing of the modules whose answers users depend on (a periodic check, not `make test`).
 
-For each target, copies the working tree into WORK_DIR/<target>, writes a [mutmut] section naming the
-module(s) and a fast test selection for them, runs `nice -n 19 mutmut run` there, and prints the score
+For each target, copies the committed tree (--rev, default HEAD) into WORK_DIR/<target>, writes a
+[mutmut] section naming the module(s) and a fast test selection for them, runs `nice -n 19 mutmut run` there, and prints the score
 and the surviving mutants with their diffs. Needs `pip install mutmut` (3.x). docs/testing.md records
 the last results.
 
@@ -40,17 +40,15 @@ TARGETS = {
 }
 
 
-def _copy_tree(dest: Path) -> None:
-    """The working tree as git sees it (tracked and untracked, not ignored) plus the built extension."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
-                           capture_output=True, text=True).stdout.split()
-    files += [os.path.relpath(p, ROOT) for p in glob.glob(str(ROOT / "csfr" / "_C*.so"))]
+def _copy_tree(dest: Path, rev: str) -> None:
+    """The committed tree at `rev` (reproducible: others' uncommitted edits stay out) plus the built extension."""
     if dest.exists():
         shutil.rmtree(dest)
-    for name in files:
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    for so in glob.glob(str(ROOT / "csfr" / "_C*.so")):
+        shutil.copy2(so, dest / "csfr")
 
 
 def _config(modules: list[str], tests: list[str]) -> str:
@@ -71,10 +69,10 @@ def _statuses(where: Path, env: dict, patterns: list[str] | None) -> dict[str, s
     return status
 
 
-def run_target(name: str, work_dir: Path, children: int, sample: int | None, seed: int) -> dict:
+def run_target(name: str, work_dir: Path, children: int, sample: int | None, seed: int, rev: str) -> dict:
     modules, tests, patterns = TARGETS[name]
     where = work_dir / name
-    _copy_tree(where)
+    _copy_tree(where, rev)
     (where / "setup.cfg").write_text(_config(modules, tests))
     # one thread: OpenMP pools do not survive mutmut's fork, and the machine is shared
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -95,7 +93,7 @@ def run_target(name: str, work_dir: Path, children: int, sample: int | None, see
         counts[value] = counts.get(value, 0) + 1
     checked = sum(n for s, n in counts.items() if s not in ("not checked", "skipped"))
     killed = counts.get("killed", 0) + counts.get("timeout", 0)
-    print(f"== {name}: {', '.join(modules)}")
+    print(f"== {name}: {', '.join(modules)} at {rev[:12]}")
     print(f"   {killed}/{checked} killed ({100 * killed / max(checked, 1):.1f} %); {counts}")
     for mutant, value in sorted(status.items()):
         if value not in ("killed", "timeout"):
@@ -116,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--children", type=int, default=1, help="mutants tested in parallel (default 1)")
     parser.add_argument("--sample", type=int, default=None,
                         help="test a random sample of this many mutants per target (default: all)")
+    parser.add_argument("--rev", default="HEAD", help="the commit to mutate (default HEAD)")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
     parser.add_argument("--list", action="store_true", help="print the targets, modules and test selections")
     args = parser.parse_args(argv)
@@ -128,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown target(s) {', '.join(unknown)}; valid: {', '.join(TARGETS)}")
     if shutil.which("mutmut") is None:
         parser.error("mutmut is not installed: pip install mutmut")
+    rev = subprocess.run(["git", "rev-parse", args.rev], cwd=ROOT, check=True, capture_output=True,
+                         text=True).stdout.strip()  # fixed now: HEAD may move while mutmut runs
     for name in args.targets or list(TARGETS):
-        run_target(name, args.work_dir, args.children, args.sample, args.seed)
+        run_target(name, args.work_dir, args.children, args.sample, args.seed, rev)
     return 0
 
 
