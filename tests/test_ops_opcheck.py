@@ -7,8 +7,9 @@ import torch
 import csfr  # noqa: F401  (registers the ops)
 from csfr.ops.blend import _canonical_gate
 
-# backends the composite ops are checked on (the lead adds emulated CUDA here)
-BACKENDS = [pytest.param("cpu", id="cpu"), pytest.param("triton", id="triton")]
+# backends the composite ops are checked on (cuda_emulated: the CUDA kernels, executed on the CPU)
+BACKENDS = [pytest.param("cpu", id="cpu"), pytest.param("triton", id="triton"),
+            pytest.param("cuda_emulated", id="cuda_emulated")]
 
 
 def _segment_inputs(dtype=torch.float32, requires_grad=False):

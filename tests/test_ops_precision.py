@@ -12,7 +12,8 @@ import torch
 
 import csfr
 
-BACKENDS = [pytest.param("cpu", id="cpu"), pytest.param("triton", id="triton")]
+BACKENDS = [pytest.param("cpu", id="cpu"), pytest.param("triton", id="triton"),
+            pytest.param("cuda_emulated", id="cuda_emulated")]
 REL_TOL = 1e-4
 DELTA_V = 0.1
 

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <mutex>
 #include <numeric>
@@ -239,101 +240,140 @@ void wait(State state) {
   switch_to_scheduler(blk, f, false);
 }
 
-// Completes warp collectives whose lanes have all arrived; reports the ones that can never complete.
-// Returns whether any fiber became runnable.
-bool release_collectives(Block& blk) {
-  bool progressed = false;
-  for (const auto& warp : blk.warps) {
-    for (int lane = 0; lane < kWarpSize; ++lane) {
-      if (warp[lane] < 0) continue;
-      Fiber& f = blk.fibers[warp[lane]];
-      if (f.state != State::kCollective) continue;
-      bool ready = true;
-      for (int l = 0; l < kWarpSize && ready; ++l) {
-        if (!(f.mask >> l & 1u)) continue;
-        if (warp[l] < 0)
-          throw SyncError("synccheck: " + std::string(collective_name(f.op)) + " by " + describe(blk, f) +
-                          " names lane " + std::to_string(l) + ", which does not exist in a block of " +
-                          std::to_string(blk.block_dim.count()) + " threads");
-        const Fiber& g = blk.fibers[warp[l]];
-        if (g.state == State::kExited)
-          throw SyncError("synccheck: " + std::string(collective_name(f.op)) + " by " + describe(blk, f) +
-                          " names lane " + std::to_string(l) + ", which has exited");
-        if (g.state == State::kRunnable) ready = false;  // may still arrive
-        else if (g.state == State::kBlockBarrier ||
-                 (g.state == State::kCollective && (g.op != f.op || g.mask != f.mask)))
-          throw SyncError("synccheck: divergent warp collective: " + describe(blk, f) + " waits in " +
-                          collective_name(f.op) + " with mask 0x" + [&] {
-                            std::ostringstream o;
-                            o << std::hex << f.mask;
-                            return o.str();
-                          }() + " but lane " + std::to_string(l) + " waits at " +
-                          (g.state == State::kBlockBarrier ? std::string("__syncthreads ") + g.site
-                                                           : std::string(collective_name(g.op))));
-      }
-      if (!ready) continue;
-      if (!(f.mask >> lane & 1u))
-        throw SyncError("synccheck: " + describe(blk, f) + " calls " + collective_name(f.op) +
-                        " with a mask that does not name its own lane");
-      // everyone named is here: compute every participant's result
-      uint64_t ballot = 0;
-      for (int l = 0; l < kWarpSize; ++l)
-        if (f.mask >> l & 1u) ballot |= (blk.fibers[warp[l]].payload != 0 ? 1ull : 0ull) << l;
-      for (int l = 0; l < kWarpSize; ++l) {
-        if (!(f.mask >> l & 1u)) continue;
-        Fiber& g = blk.fibers[warp[l]];
-        int src = l;
-        switch (f.op) {
-          case Collective::kShfl: src = (l / g.width) * g.width + ((g.arg % g.width) + g.width) % g.width; break;
-          case Collective::kShflXor: {
-            const int x = l ^ g.arg;
-            src = x / g.width == l / g.width ? x : l;  // outside the lane's group: its own value
-            break;
-          }
-          default: break;
-        }
-        switch (f.op) {
-          case Collective::kShfl:
-          case Collective::kShflXor:
-            // a source lane outside the mask gives an undefined value on a GPU: the lane's own here
-            g.result = (f.mask >> src & 1u) ? blk.fibers[warp[src]].payload : g.payload;
-            break;
-          case Collective::kBallot: g.result = ballot; break;
-          case Collective::kAll: g.result = (ballot == (f.mask & 0xffffffffull)) ? 1 : 0; break;
-          case Collective::kAny: g.result = ballot != 0 ? 1 : 0; break;
-        }
-      }
-      for (int l = 0; l < kWarpSize; ++l)
-        if (f.mask >> l & 1u) blk.fibers[warp[l]].state = State::kRunnable;
-      progressed = true;
+std::string hex(unsigned v) {
+  std::ostringstream o;
+  o << "0x" << std::hex << v;
+  return o.str();
+}
+
+// Scheduler bookkeeping: the runnable fibers of each warp, the warps that have any, live and barrier
+// counts. Two seeded policies, chosen per block: interleave (each step a random runnable warp, a random
+// lane of it) and run-ahead (one random warp runs until all its lanes wait at __syncthreads or exit,
+// then another): run-ahead is what exposes a missing __syncthreads between warps.
+struct Schedule {
+  std::vector<std::vector<int>> lanes;  // runnable fibers per warp
+  std::vector<int> active, position;    // warps with runnable lanes, and each warp's index in `active`
+  int live = 0, at_barrier = 0, focus = -1;
+  bool run_ahead = false;
+
+  explicit Schedule(size_t warps) : lanes(warps), position(warps, -1) {}
+
+  void push(Block& blk, int t) {
+    Fiber& f = blk.fibers[t];
+    f.state = State::kRunnable;
+    if (lanes[f.warp].empty()) {
+      position[f.warp] = static_cast<int>(active.size());
+      active.push_back(f.warp);
     }
+    lanes[f.warp].push_back(t);
   }
-  return progressed;
+
+  bool empty() const { return active.empty(); }
+  bool warp_blocked(int w) const { return lanes[w].empty(); }
+
+  int pop(std::mt19937_64& rng) {
+    int w = focus;
+    if (!run_ahead || w < 0 || lanes[w].empty()) w = focus = active[rng() % active.size()];
+    std::vector<int>& list = lanes[w];
+    const size_t pick = rng() % list.size();
+    const int t = list[pick];
+    list[pick] = list.back();
+    list.pop_back();
+    if (list.empty()) {  // drop w from the active warps
+      const int last = active.back();
+      active[position[w]] = last;
+      position[last] = position[w];
+      active.pop_back();
+      position[w] = -1;
+    }
+    return t;
+  }
+};
+
+// Called when no lane of `warp` is runnable: completes the collectives whose lanes have all arrived,
+// and reports the ones that never can (a named lane exited, does not exist, or waits elsewhere).
+void settle_warp(Block& blk, Schedule& sched, int w) {
+  const std::vector<int>& warp = blk.warps[w];
+  for (int lane = 0; lane < kWarpSize; ++lane) {
+    if (warp[lane] < 0) continue;
+    Fiber& f = blk.fibers[warp[lane]];
+    if (f.state != State::kCollective) continue;
+    if (!(f.mask >> lane & 1u))
+      throw SyncError("synccheck: " + describe(blk, f) + " calls " + collective_name(f.op) +
+                      " with a mask that does not name its own lane");
+    for (int l = 0; l < kWarpSize; ++l) {
+      if (!(f.mask >> l & 1u)) continue;
+      if (warp[l] >= 0) {  // the common case, without building a message
+        const Fiber& g = blk.fibers[warp[l]];
+        if (g.state == State::kCollective && g.op == f.op && g.mask == f.mask) continue;
+      }
+      const std::string what = "synccheck: " + std::string(collective_name(f.op)) + " by " + describe(blk, f) +
+                               " (mask " + hex(f.mask) + ") names lane " + std::to_string(l);
+      if (warp[l] < 0)
+        throw SyncError(what + ", which does not exist in a block of " + std::to_string(blk.block_dim.count()) +
+                        " threads");
+      const Fiber& g = blk.fibers[warp[l]];
+      if (g.state == State::kExited) throw SyncError(what + ", which has exited");
+      if (g.state == State::kBlockBarrier)
+        throw SyncError("synccheck: divergent warp: " + what + ", which waits at __syncthreads " + g.site);
+      if (g.op != f.op || g.mask != f.mask)
+        throw SyncError("synccheck: divergent warp collective: " + what + ", which waits in " +
+                        collective_name(g.op) + " with mask " + hex(g.mask));
+    }
+    // everyone named is here: every participant's result
+    uint64_t ballot = 0;
+    for (int l = 0; l < kWarpSize; ++l)
+      if (f.mask >> l & 1u) ballot |= (blk.fibers[warp[l]].payload != 0 ? 1ull : 0ull) << l;
+    const Collective op = f.op;
+    const unsigned mask = f.mask;
+    for (int l = 0; l < kWarpSize; ++l) {
+      if (!(mask >> l & 1u)) continue;
+      Fiber& g = blk.fibers[warp[l]];
+      int src = l;
+      if (op == Collective::kShfl) {
+        src = (l / g.width) * g.width + ((g.arg % g.width) + g.width) % g.width;
+      } else if (op == Collective::kShflXor) {
+        const int x = l ^ g.arg;
+        src = x / g.width == l / g.width ? x : l;  // outside the lane's group: its own value
+      }
+      switch (op) {
+        case Collective::kShfl:
+        case Collective::kShflXor:
+          // a source lane outside the mask gives an undefined value on a GPU: the lane's own here
+          g.result = (mask >> src & 1u) ? blk.fibers[warp[src]].payload : g.payload;
+          break;
+        case Collective::kBallot: g.result = ballot; break;
+        case Collective::kAll: g.result = (ballot == (mask & 0xffffffffull)) ? 1 : 0; break;
+        case Collective::kAny: g.result = ballot != 0 ? 1 : 0; break;
+      }
+    }
+    for (int l = 0; l < kWarpSize; ++l)
+      if (mask >> l & 1u) sched.push(blk, warp[l]);
+  }
 }
 
 // Releases __syncthreads once every live thread waits there; reports threads that exited before it.
-bool release_block_barrier(Block& blk) {
-  const Fiber* waiting = nullptr;
+void settle_block_barrier(Block& blk, Schedule& sched) {
+  if (sched.at_barrier == 0 || sched.at_barrier != sched.live) return;
+  const Fiber* first = nullptr;
   for (const Fiber& f : blk.fibers) {
-    if (f.state == State::kExited) continue;
-    if (f.state != State::kBlockBarrier) return false;
-    if (waiting && std::strcmp(waiting->site, f.site) != 0)
-      throw SyncError("synccheck: divergent __syncthreads: " + describe(blk, *waiting) + " waits at " +
-                      waiting->site + " but " + describe(blk, f) + " waits at " + f.site);
-    waiting = &f;
+    if (f.state != State::kBlockBarrier) continue;
+    if (first && std::strcmp(first->site, f.site) != 0)
+      throw SyncError("synccheck: divergent __syncthreads: " + describe(blk, *first) + " waits at " + first->site +
+                      " but " + describe(blk, f) + " waits at " + f.site);
+    if (!first) first = &f;
   }
-  if (!waiting) return false;
   for (const Fiber& f : blk.fibers)
-    if (f.state == State::kExited && f.barriers <= waiting->barriers)
-      throw SyncError("synccheck: __syncthreads at " + std::string(waiting->site) + " is not reached by " +
-                      describe(blk, f) + ", which exited before it (barrier " +
-                      std::to_string(waiting->barriers + 1) + " of the block)");
-  for (Fiber& f : blk.fibers)
-    if (f.state == State::kBlockBarrier) {
-      f.state = State::kRunnable;
-      ++f.barriers;
+    if (f.state == State::kExited && f.barriers <= first->barriers)
+      throw SyncError("synccheck: __syncthreads at " + std::string(first->site) + " is not reached by " +
+                      describe(blk, f) + ", which exited before it (barrier " + std::to_string(first->barriers + 1) +
+                      " of the block)");
+  sched.at_barrier = 0;
+  for (size_t t = 0; t < blk.fibers.size(); ++t)
+    if (blk.fibers[t].state == State::kBlockBarrier) {
+      ++blk.fibers[t].barriers;
+      sched.push(blk, static_cast<int>(t));
     }
-  return true;
 }
 
 std::string deadlock_report(const Block& blk) {
@@ -350,31 +390,31 @@ std::string deadlock_report(const Block& blk) {
   return out.str();
 }
 
+// Runs one block: repeatedly resumes a runnable fiber (Schedule's seeded policy) until it blocks or
+// exits, and releases a warp collective or the block barrier the moment its last participant arrives,
+// so warps advance at independent rates (a missing __syncthreads between warps shows up).
 void run_block(Block& blk, std::mt19937_64& rng) {
   const size_t n = blk.fibers.size();
   unsigned char* stacks = g_stacks.get(n);
+  Schedule sched(blk.warps.size());
+  sched.run_ahead = rng() & 1;
+  sched.live = static_cast<int>(n);
   for (size_t t = 0; t < n; ++t) {
     Fiber& f = blk.fibers[t];
-    f.state = State::kRunnable;
     f.barriers = 0;
     make_context(f.context, stacks + t * kStackBytes, kStackBytes, fiber_entry);
+    sched.push(blk, static_cast<int>(t));
   }
-  std::vector<size_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
-  for (;;) {
-    std::shuffle(order.begin(), order.end(), rng);
-    bool ran = false;
-    for (size_t t : order) {
-      if (blk.fibers[t].state != State::kRunnable) continue;
-      resume(blk, blk.fibers[t], stacks + t * kStackBytes);
-      ran = true;
-    }
-    if (ran) continue;
-    if (release_collectives(blk) || release_block_barrier(blk)) continue;
-    if (std::all_of(blk.fibers.begin(), blk.fibers.end(), [](const Fiber& f) { return f.state == State::kExited; }))
-      return;
-    throw SyncError(deadlock_report(blk));
+  while (!sched.empty()) {
+    const int t = sched.pop(rng);
+    Fiber& f = blk.fibers[t];
+    resume(blk, f, stacks + t * kStackBytes);
+    if (f.state == State::kExited) --sched.live;
+    if (f.state == State::kBlockBarrier) ++sched.at_barrier;
+    if (sched.warp_blocked(f.warp)) settle_warp(blk, sched, f.warp);
+    settle_block_barrier(blk, sched);
   }
+  if (sched.live != 0) throw SyncError(deadlock_report(blk));
 }
 
 }  // namespace

@@ -1,0 +1,119 @@
+"""Plants bugs in the CUDA kernels and checks that the emulated tests catch each (docs/cuda.md).
+
+Each mutant is one textual change to a file of kernels/. The committed tree is copied to a work
+folder (with the built csfr/_C extension), the change is made there, and the emulated tests run
+(`tests/test_ops_emulated.py tests/test_emulation.py`, stopping at the first failure). A mutant the
+tests do not catch is a gap in the tests. Takes ~10 minutes on 2 cores; not part of `make test`.
+
+    python tools/kernel_mutants.py                 # all mutants
+    python tools/kernel_mutants.py --list
+    python tools/kernel_mutants.py "segment_sum counts a pixel twice"
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ["tests/test_ops_emulated.py", "tests/test_emulation.py"]
+
+# name -> (file, original text, planted text)
+MUTANTS = {
+    "segment_sum counts a pixel twice": (
+        "kernels/segment_sum.cu", "      run_n += w;\n      continue;", "      run_n += 2 * w;\n      continue;"),
+    "segment_sum drops the barrier after zeroing the table": (
+        "kernels/segment_sum.cu", "dynamic_smem<A>()[j] = A(0);\n    __syncthreads();", "dynamic_smem<A>()[j] = A(0);\n"),
+    "segment_sum drops the barrier before the global adds": (
+        "kernels/segment_sum.cu", "  if (kShared) {\n    __syncthreads();\n    const A* tables",
+        "  if (kShared) {\n    const A* tables"),
+    "segment_sum tiles overlap (pixels of a tile counted by the next)": (
+        "kernels/segment_sum.cu", "blockIdx.x) * kThreads * kItems + threadIdx.x;",
+        "blockIdx.x) * kThreads * (kItems - 1) + threadIdx.x;"),
+    "cac_pixel_pass drops the barrier before the distance reduction": (
+        "kernels/cac_pixel_pass.cu", "  partial[grp][lane] = acc;\n  __syncthreads();", "  partial[grp][lane] = acc;\n"),
+    "cac_pixel_pass reduces 15 of 16 channel groups": (
+        "kernels/cac_pixel_pass.cu", "for (int j = 0; j < kGroups; ++j) sq += partial[j][lane];",
+        "for (int j = 0; j < kGroups - 1; ++j) sq += partial[j][lane];"),
+    "cac_pixel_pass hinge without the margin": (
+        "kernels/cac_pixel_pass.cu", "r > delta_v ? r - delta_v : A(0);", "r > delta_v ? r : A(0);"),
+    "warp_segment_add sums only 16 lanes": (
+        "kernels/common.cuh", "for (int off = 16; off > 0; off >>= 1)", "for (int off = 8; off > 0; off >>= 1)"),
+    "pixel_grad forgets the centroid term's sign": (
+        "kernels/pixel_grad.cu", "v += ac * (to_acc(feats[row0 + c * N]) - mk[c]);",
+        "v -= ac * (to_acc(feats[row0 + c * N]) - mk[c]);"),
+    "blend channel-gate reduction drops the second warp": (
+        "kernels/blend.cu", "A v = threadIdx.x < kThreads / 32 ? warp_totals[threadIdx.x] : A(0);",
+        "A v = threadIdx.x < 1 ? warp_totals[threadIdx.x] : A(0);"),
+    "blend channel-gate reduction without its barrier": (
+        "kernels/blend.cu", "warp_totals[threadIdx.x / 32] = total;\n    __syncthreads();",
+        "warp_totals[threadIdx.x / 32] = total;\n"),
+    "deterministic reduction skips the last tile": (
+        "kernels/segment_sum.cu", "for (int64_t t = 0; t < tiles; ++t) total += partial",
+        "for (int64_t t = 0; t + 1 < tiles; ++t) total += partial"),
+    "deterministic table sum skips warp 7": (
+        "kernels/segment_sum.cu", "for (int w = 0; w < kWarps; ++w) total += tables[w * table + j];",
+        "for (int w = 0; w < kWarps - 1; ++w) total += tables[w * table + j];"),
+}
+
+
+def _copy_tree(dest: Path) -> None:
+    """The committed tree plus the built extension, so the copy imports without a rebuild."""
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    for built in glob.glob(str(ROOT / "csfr" / "_C*.so")):
+        shutil.copy(built, dest / "csfr")
+
+
+def run(names: list[str], work: Path) -> dict[str, str | None]:
+    """Plants each mutant in turn; returns name -> first failing test (None: not caught)."""
+    _copy_tree(work)
+    results = {}
+    for name in names:
+        rel, old, new = MUTANTS[name]
+        path = work / rel
+        original = path.read_text()
+        if original.count(old) != 1:
+            raise SystemExit(f"kernel_mutants: {name!r}: the text to change is not found once in {rel}")
+        path.write_text(original.replace(old, new))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
+                                  cwd=work, env={**os.environ, "PYTHONPATH": str(work)}, capture_output=True,
+                                  text=True, check=False)
+        finally:
+            path.write_text(original)
+        failed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        results[name] = failed[0] if failed else None
+        print(f"{'caught' if failed else 'NOT CAUGHT'}: {name}" + (f"  <- {failed[0]}" if failed else ""), flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mutants", nargs="*", help="names of the mutants to plant (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the mutants' names and exit")
+    parser.add_argument("--work-dir", type=Path, help="where to copy the tree (default: a temporary folder)")
+    args = parser.parse_args()
+    if args.list:
+        print("\n".join(MUTANTS))
+        return
+    unknown = [m for m in args.mutants if m not in MUTANTS]
+    if unknown:
+        parser.error(f"unknown mutant(s) {unknown}; see --list")
+    with tempfile.TemporaryDirectory(prefix="csfr-kernel-mutants-") as tmp:
+        work = args.work_dir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        results = run(args.mutants or list(MUTANTS), work)
+    missed = [name for name, test in results.items() if test is None]
+    print(f"{len(results) - len(missed)} of {len(results)} mutants caught")
+    sys.exit(1 if missed else 0)
+
+
+if __name__ == "__main__":
+    main()
