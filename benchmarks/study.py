@@ -242,13 +242,14 @@ def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, di
     base = {s: r["mIoU"] for s, r in results[BASELINE].items()}
     lines = [f"## {title}", "",
              (f"Command: `python benchmarks/study.py {table} --head {args.head} --scenes {scenes} --iters {args.iters} "
+              f"--curve-points {args.curve_points} "
              f"--seeds {' '.join(map(str, args.seeds))}{''.join(' --set ' + o for o in args.overrides)}`. "
              "Δ = arm − baseline, paired by seed, mean with its 95 % t interval (n = seeds both finished). "
              "Separability = mean inter-centroid distance / mean intra-class RMS spread on the validation "
              "scenes. Minutes per run: wall time (a resumed run's last session scaled to the whole run), one torch "
               "thread under nice 19 on a machine shared with other jobs: an upper bound."), "",
-             "| arm | n | mIoU (mean ± sd) | Δ mIoU [95 % CI] | sep. classifier input | sep. S | min / run |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| arm | n | mIoU (mean ± sd) | Δ mIoU [95 % CI] | Δ by seed | sep. classifier input | sep. S | min / run |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, runs in results.items():
         values = {s: r["mIoU"] for s, r in runs.items()}
         n, mean, half = paired(values, base)
@@ -257,8 +258,9 @@ def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, di
         sep_x = _mean_sd([r["separability"]["classifier input"] for r in runs.values()])
         sep_s = _mean_sd([r["separability"]["S"] for r in runs.values() if "S" in r["separability"]])
         minutes = _mean_sd([run_minutes(r) for r in runs.values() if run_minutes(r) is not None]).split(" ±")[0]
-        lines.append(f"| {arm.label} | {len(runs)} | {_mean_sd(list(values.values()))} | {delta} | {sep_x} | "
-                     f"{sep_s} | {minutes} |")
+        by_seed = "-" if arm == BASELINE else " ".join(f"{values[s] - base[s]:+.1f}" for s in sorted(values) if s in base)
+        lines.append(f"| {arm.label} | {len(runs)} | {_mean_sd(list(values.values()))} | {delta} | {by_seed or '-'} | "
+                     f"{sep_x} | {sep_s} | {minutes} |")
     if results.get(BASELINE):
         curves = [r["curve"] for r in results[BASELINE].values()]
         its = [it for it, _ in curves[0]]

@@ -152,8 +152,10 @@ def test_study_runs_pairs_resumes_and_reports(tmp_path, monkeypatch):
             if line.startswith("| ") and not line.startswith(("| arm", "| iteration", "| mIoU"))}
     assert list(rows) == [a.label for a in study.TABLES["ablation"]]
     assert all(r[0].strip() == "2" for r in rows.values())  # both seeds of every arm
-    assert rows["baseline"][2].strip() == "-" and rows["baseline"][4].strip() == "-"  # no delta, no S
-    assert "[" in rows["full CSFR"][2] and float(rows["full CSFR"][4].split("±")[0]) > 0
+    assert rows["baseline"][2].strip() == "-" and rows["baseline"][5].strip() == "-"  # no delta, no S
+    assert "[" in rows["full CSFR"][2] and float(rows["full CSFR"][5].split("±")[0]) > 0
+    deltas = [float(d) for d in rows["full CSFR"][3].split()]  # by seed: their mean is the delta
+    assert len(deltas) == 2 and float(rows["full CSFR"][2].split()[0]) == pytest.approx(sum(deltas) / 2, abs=0.06)
     results = sorted((tmp_path / "runs").rglob("result.json"))
     assert len(results) == 8 and all("modes_it2_" in str(p) for p in results)
     record = json.loads(results[0].read_text())
