@@ -103,7 +103,7 @@ def test_auto_picks_cpu_and_env_forces_backend(monkeypatch):
 
 def test_backends_reports_every_backend():
     report = csfr.ops.backends()
-    assert set(report) == {"torch", "cpu", "cuda", "triton"}
+    assert set(report) == {"torch", "cpu", "cuda", "triton", "cuda_emulated"}
     assert report["torch"] == "available" and report["cpu"] == "available"
     if not torch.cuda.is_available():
         assert report["cuda"] != "available" and report["cuda"]  # a reason, not an empty string

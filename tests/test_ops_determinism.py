@@ -20,14 +20,6 @@ K = 5
 
 
 @pytest.fixture
-def deterministic():
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    yield
-    torch.use_deterministic_algorithms(previous)
-
-
-@pytest.fixture
 def shuffled_programs(monkeypatch):
     """shuffle(seed): from now on the Triton interpreter runs each grid in an order drawn from seed."""
     interpreter = pytest.importorskip("triton.runtime.interpreter")

@@ -126,12 +126,9 @@ def test_auto_never_picks_the_emulation(monkeypatch):
     assert csfr.ops.backends()[BACKEND] == "available"
 
 
-@pytest.fixture
-def deterministic():
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
+@pytest.fixture(autouse=True)
+def _default_schedule():
     yield
-    torch.use_deterministic_algorithms(before)
     emulation.set_schedule_seed(0)
 
 
