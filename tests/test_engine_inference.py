@@ -90,6 +90,9 @@ def test_label_maps_apply_every_eval_setting():
     assert torch.equal(label_maps(model, image, out, cfg), expected)
     unflipped = predict(model, image, out, "slide", (8, 8), (5, 5), (0.75, 1.25), False).argmax(1)
     assert not torch.equal(unflipped, expected)  # so dropping the flip would be seen
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = predict(model, image, out, "slide", (8, 8), (5, 5), (0.75, 1.25), True).argmax(1)
+    assert torch.equal(label_maps(model, image, out, cfg, amp="bfloat16"), low)
 
 
 def test_slide_windows_of_a_position_dependent_model_against_hand_built_sums():
