@@ -38,3 +38,14 @@ def test_reference_ignores_exactly_the_ignore_index_pixels():
     # and it changes the answer: counting the -1 pixels as class 0 gives other terms
     as_class0 = torch.where(labels == -1, 0, labels)
     assert not torch.allclose(reference.cac_terms(feats, as_class0, 3), reference.cac_terms(feats, as_255, 3))
+
+
+def test_one_class_with_ignored_pixels():
+    """K = 1: ignored pixels must not be mapped onto a class id that does not exist."""
+    feats = torch.tensor([[[1.0, 3.0, 10.0, 5.0]]])  # B=1, D=1, N=4
+    labels = torch.tensor([[0, 0, -1, 0]])
+    mu, n = reference.class_centroids(feats, labels, 1, -1)
+    assert mu.flatten().tolist() == [3.0] and n.tolist() == [[3]]
+    intra, inter = reference.cac_terms(feats, labels, 1, delta_v=0.0, ignore_index=-1)
+    assert intra.item() == pytest.approx((4 + 0 + 4) / 3) and inter.item() == 0.0
+    compare_all_ops("cpu", "cpu", torch.float32, (2, 3, 4, 5, 1), "ignore", -1)

@@ -34,6 +34,7 @@ TARGETS = {
                 ["csfr.engine.trainer.xǁTrainerǁ_step__mutmut_*", "csfr.engine.trainer.x__check__mutmut_*"]),
     "ops": (["csfr/ops/cac.py", "csfr/ops/centroids.py", "csfr/ops/blend.py", "csfr/ops/reference.py"],
             ["tests/test_ops_reference.py", "tests/test_ops_inputs.py", "tests/test_ops_ignore_index.py",
+             "tests/test_ops_blend_shapes.py",
              "tests/test_ops_backends.py", "-k",
              "not triton and not compile and not baseline and not allocates and not cac_loss_matches and not backends_reports"],
             None),
