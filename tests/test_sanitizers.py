@@ -8,8 +8,6 @@ behaviour, aborts the child and fails this test with the sanitizer's report.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,43 +18,20 @@ from csfr.ops import emulation
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _asan_runtime() -> str | None:
-    try:
-        path = subprocess.run(["c++", "-print-file-name=libasan.so"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return path if os.path.isabs(path) and os.path.exists(path) else None
-
-
 pytestmark = [
     pytest.mark.skipif(emulation.why_unavailable() is not None, reason="CUDA emulation unavailable"),
-    pytest.mark.skipif(_asan_runtime() is None, reason="no AddressSanitizer runtime (libasan) found"),
+    pytest.mark.skipif(emulation.asan_runtime() is None, reason="no AddressSanitizer runtime (libasan) found"),
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD of the ASan runtime: Linux only"),
 ]
 
 
 @pytest.fixture(scope="module")
 def sanitized_env():
-    env = {
-        **os.environ,
-        "LD_PRELOAD": _asan_runtime(),
-        # python and torch keep memory until exit on purpose; torch's own allocator pairs trip the mismatch check
-        "ASAN_OPTIONS": "detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1",
-        "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
-        "OMP_NUM_THREADS": "2",
-    }
-    # building loads the libraries, which needs the ASan runtime preloaded: build in a child too
-    build = ("import json; from pathlib import Path; from csfr.ops import emulation as e; "
-             "p = e.build(sanitized=True); "
-             f"p['probe'] = e.compile_emulated('csfr_probe', [Path({str(ROOT / 'tests' / 'emulation_probe.cpp')!r})], "
-             "sanitized=True); print(json.dumps(p))")
-    proc = _run(env, ["-c", build])
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    paths = json.loads(proc.stdout.strip().splitlines()[-1])
-    env.update(CSFR_EMULATION_LIBRARY=paths["emulated"], CSFR_EXTENSION_LIBRARY=paths["cpu"])
-    return env, paths["probe"]
+    paths = emulation.build(sanitized=True)
+    probe = emulation.compile_emulated("csfr_probe", [ROOT / "tests" / "emulation_probe.cpp"], sanitized=True)
+    env = {**emulation.sanitizer_env(), "OMP_NUM_THREADS": "2",
+           "CSFR_EMULATION_LIBRARY": paths["emulated"], "CSFR_EXTENSION_LIBRARY": paths["cpu"]}
+    return env, probe
 
 
 # Every kernel and every tail/edge case, in fewer dtype x gate combinations than the full grids (a

@@ -14,8 +14,11 @@ Environment:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -57,12 +60,44 @@ def _wrappers(build_dir: Path, sources: list[Path]) -> list[str]:
     return units
 
 
-def _build(name: str, sources: list[str], build_dir: Path, flags: list[str], ldflags: list[str]) -> str:
+def asan_runtime() -> str | None:
+    """Path of the compiler's AddressSanitizer runtime (to LD_PRELOAD), or None."""
+    try:
+        out = subprocess.run([os.environ.get("CXX", "c++"), "-print-file-name=libasan.so"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out if os.path.isabs(out) and os.path.exists(out) else None
+
+
+def sanitizer_env() -> dict[str, str]:
+    """Environment of a process that can load the sanitized libraries (the ASan runtime preloaded)."""
+    runtime = asan_runtime()
+    if runtime is None:
+        raise RuntimeError("no AddressSanitizer runtime (libasan) found for the sanitized build")
+    return {**os.environ, "LD_PRELOAD": runtime,
+            # python and torch keep memory until exit on purpose; torch's allocator pairs trip the mismatch check
+            "ASAN_OPTIONS": "detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1",
+            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+
+
+def _build(name: str, sources: list[str], build_dir: Path, flags: list[str], ldflags: list[str],
+           sanitized: bool) -> str:
     from torch.utils import cpp_extension
 
     build_dir.mkdir(parents=True, exist_ok=True)
-    cpp_extension.load(name=name, sources=sources, build_directory=str(build_dir), extra_cflags=flags,
-                       extra_ldflags=ldflags, is_python_module=False, verbose=False)
+    args = {"name": name, "sources": sources, "build_directory": str(build_dir), "extra_cflags": flags,
+            "extra_ldflags": ldflags, "is_python_module": False, "verbose": False}
+    if not sanitized:
+        cpp_extension.load(**args)
+    else:
+        # torch's builder loads what it built, which needs the ASan runtime preloaded, and a sanitized
+        # csfr library must not meet csfr._C in one process: build in a fresh interpreter
+        code = "import json, sys; from torch.utils import cpp_extension; cpp_extension.load(**json.loads(sys.argv[1]))"
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], env=sanitizer_env(),
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"sanitized build of {name} failed:\n{proc.stderr[-4000:]}")
     return str(build_dir / f"{name}.so")
 
 
@@ -79,7 +114,8 @@ def compile_emulated(name: str, sources: list[Path], sanitized: bool = False) ->
         name: library name; the build is cached under build/emulation/<variant>/<name>/.
         sources: the files to compile with the emulated runtime (each its own translation unit).
         sanitized: compile with AddressSanitizer and UndefinedBehaviorSanitizer (errors abort);
-            such a library only loads into a process started with the ASan runtime preloaded.
+            such a library only loads into a process started with `sanitizer_env()` (the build itself
+            runs in such a child process).
 
     Returns:
         The path of the built library (load it with torch.ops.load_library).
@@ -91,7 +127,7 @@ def compile_emulated(name: str, sources: list[Path], sanitized: bool = False) ->
     common, ldflags = _flags(sanitized)
     flags = [f"-I{_RUNTIME}", f"-I{_KERNELS}", "-DCSFR_EMULATION=1", *common]
     units = [str(_RUNTIME / "runtime.cpp"), *_wrappers(build_dir, [Path(p) for p in sources])]
-    return _build(name, units, build_dir, flags, ldflags)
+    return _build(name, units, build_dir, flags, ldflags, sanitized)
 
 
 def build(sanitized: bool = False) -> dict[str, str]:
@@ -110,7 +146,7 @@ def build(sanitized: bool = False) -> dict[str, str]:
         common, ldflags = _flags(True)
         paths["cpu"] = _build("csfr_cpu_sanitized", [str(p) for p in _CPU_SOURCES],
                               ROOT / "build" / "emulation" / variant / "cpu",
-                              [*common, "-fopenmp", "-fno-trapping-math"], [*ldflags, "-fopenmp"])
+                              [*common, "-fopenmp", "-fno-trapping-math"], [*ldflags, "-fopenmp"], True)
     return paths
 
 

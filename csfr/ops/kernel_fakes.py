@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from csfr.ops.centroids import acc_dtype
+from csfr.ops.dispatch import _extension
 
 
 def _acc(feats, *shape):
@@ -39,10 +40,6 @@ def _blend_backward(grad_z, x, s, g):
 FAKES = {"segment_sum": _segment_sum, "cac_pixel_pass": _cac_pixel_pass, "pixel_grad": _pixel_grad,
          "blend_forward": _blend_forward, "blend_backward": _blend_backward}
 
-try:
-    from csfr import _C  # noqa: F401  (defines the ops)
-except ImportError:
-    pass
-else:
+if _extension()[0] is not None:  # csfr._C (or the build CSFR_EXTENSION_LIBRARY names) defines the ops
     for _name, _fake in FAKES.items():
         torch.library.register_fake(f"csfr::{_name}")(_fake)
