@@ -42,6 +42,12 @@ SUBSET = ("test_cac_and_centroids or test_single_and_mixed or tail_tile or test_
           " or (test_gated_blend_matches_reference and cpu) or test_non_contiguous")
 
 
+def _sanitizer_report(stderr: str) -> str:
+    """The sanitizer's own report (it precedes Python's abort traceback), else the end of stderr."""
+    starts = [i for i in (stderr.find("ERROR: AddressSanitizer"), stderr.find("runtime error:")) if i >= 0]
+    return stderr[min(starts):][:6000] if starts else stderr[-6000:]
+
+
 def _run(env, args, timeout=900):
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, check=False)
@@ -49,9 +55,10 @@ def _run(env, args, timeout=900):
 
 def test_operator_grids_run_clean_under_sanitizers(sanitized_env):
     env, _ = sanitized_env
-    proc = _run(env, ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+    # -s: a sanitizer report goes to fd 2 just before the abort; pytest's capture would swallow it
+    proc = _run(env, ["-m", "pytest", "-q", "-x", "-s", "-p", "no:cacheprovider",
                       "tests/test_ops_emulated.py", "tests/test_ops_backends.py", "-k", SUBSET])
-    report = proc.stdout[-4000:] + proc.stderr[-8000:]
+    report = proc.stdout[-4000:] + _sanitizer_report(proc.stderr)
     assert proc.returncode == 0, report
     assert "passed" in proc.stdout and " failed" not in proc.stdout, report
 
