@@ -62,12 +62,14 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, reduction: int = 
 CASES = ("ignore", "blocky", "one_class", "all_ignore_image", "all_ignore_batch")
 
 
-def _blocks(b, h, w, k, generator):
-    """4x4 blocks of one class (the coherent regions real label maps have) with ~10 % pixels redrawn."""
-    cells = torch.randint(0, k, (b, (h + 3) // 4, (w + 3) // 4), generator=generator)
-    labels = cells.repeat_interleave(4, 1).repeat_interleave(4, 2)[:, :h, :w].clone()
-    noise = torch.rand(b, h, w, generator=generator) < 0.1
-    labels[noise] = torch.randint(0, k, (int(noise.sum()),), generator=generator)
+def block_labels(b, h, w, k, generator, cell=4, redrawn=0.1):
+    """cell x cell blocks of one class (the coherent regions real label maps have) with a `redrawn`
+    share of pixels drawn again (0: whole blocks, so a 64-pixel cell gives warps of a single class)."""
+    cells = torch.randint(0, k, (b, -(-h // cell), -(-w // cell)), generator=generator)
+    labels = cells.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, :h, :w].clone()
+    if redrawn > 0:
+        noise = torch.rand(b, h, w, generator=generator) < redrawn
+        labels[noise] = torch.randint(0, k, (int(noise.sum()),), generator=generator)
     return labels
 
 
@@ -81,7 +83,7 @@ def make_labels(b, h, w, k, device, case="ignore", ignore_index=255, generator=N
     all_ignore_image: the last image is all ignore; all_ignore_batch: every pixel is.
     """
     if case == "blocky":
-        labels = _blocks(b, h, w, k, generator).to(device)
+        labels = block_labels(b, h, w, k, generator).to(device)
     else:
         labels = torch.randint(0, k, (b, h, w), generator=generator).to(device)
     if ignore_index in range(k):  # the ignore value is also a class id: move that class elsewhere

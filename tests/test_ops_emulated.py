@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from opcases import CASES, GATES, assert_close, compare_all_ops, compare_gated_blend
+from opcases import CASES, GATES, assert_close, block_labels, compare_all_ops, compare_gated_blend
 
 import csfr
 from csfr.ops import emulation
@@ -49,22 +49,16 @@ def test_other_ignore_index(ignore_index):
     compare_all_ops(BACKEND, "cpu", torch.float32, (2, 19, 17, 19, 19), "ignore", ignore_index=ignore_index)
 
 
-def _blocky_labels(b, h, w, k, cell, gen):
-    """Labels constant over cell x cell squares: whole warps of one class (the register-run path of
-    segment_sum, the uniform warps of cac_pixel_pass) next to warps that straddle a boundary."""
-    cells = torch.randint(0, k, (b, -(-h // cell), -(-w // cell)), generator=gen)
-    labels = cells.repeat_interleave(cell, 1).repeat_interleave(cell, 2)[:, :h, :w].contiguous()
-    labels[:, 0, :5] = 255
-    return labels
-
-
 @pytest.mark.parametrize("cell", [4, 64], ids=["mixed_warps", "uniform_warps"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_single_and_mixed_class_tiles(cell, dtype):
     gen = torch.Generator().manual_seed(1)
     b, d, h, w, k = 2, 10, 70, 40, 5
     feats = (torch.rand(b, d, h, w, generator=gen) * 2 + 1).to(dtype)  # post-ReLU-like: positive, offset
-    labels = _blocky_labels(b, h, w, k, cell, gen)
+    # whole warps of one class (the register-run path of segment_sum, the uniform warps of
+    # cac_pixel_pass) next to warps that straddle a boundary
+    labels = block_labels(b, h, w, k, gen, cell=cell, redrawn=0)
+    labels[:, 0, :5] = 255
     mu, n = csfr.ops.class_centroids(feats, labels, k, backend=BACKEND)
     ref_mu, ref_n = csfr.ops.reference.class_centroids(feats, labels, k)
     assert torch.equal(n, ref_n)
