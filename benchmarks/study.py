@@ -352,7 +352,9 @@ def main(argv=None) -> None:
             finally:
                 (folder / "claim").unlink(missing_ok=True)
         results[scenes][arm][seed] = record
-        bar.write(f"{scenes} seed {seed} {arm.label}: mIoU {record['mIoU']:.2f} ({record['wall_s'] / 60:.1f} min)")
+        minutes = run_minutes(record)
+        bar.write(f"{scenes} seed {seed} {arm.label}: mIoU {record['mIoU']:.2f}"
+                  + (f" ({minutes:.1f} min)" if minutes is not None else ""))
         write_section(args.out, *table_section(args, args.table, scenes, results[scenes]),
                       heading="# Training proxy results (CSFR vs baseline)")
     for scenes in args.scenes:
