@@ -17,6 +17,7 @@ it and leaves runs claimed by a live process to their owner.
     python benchmarks/study.py main --scenes pairs modes --seeds 0 1 2 3 4 5
     python benchmarks/study.py ablation --head fcn --scenes pairs modes --seeds 0 1 2 3 4 5
     python benchmarks/study.py cac_weight --scenes modes --seeds 0 1 2 3 4 5
+    python benchmarks/study.py cac_weight --scenes modes --seeds 6 7 --arms 0 1 2    # more seeds, two arms only
     python benchmarks/study.py main --scenes modes --seeds 0 1 2 3 4 5 --report-only   # tables from finished runs
     python benchmarks/study.py main --scenes pairs modes --seeds 0 --pictures           # PCA figures (seed 0)
 """
@@ -244,7 +245,8 @@ def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, di
              (f"Command: `python benchmarks/study.py {table} --head {args.head} --scenes {scenes} --iters {args.iters} "
               f"--curve-points {args.curve_points} "
              f"--seeds {' '.join(map(str, args.seeds))}{''.join(' --set ' + o for o in args.overrides)}`. "
-             "Δ = arm − baseline, paired by seed, mean with its 95 % t interval (n = seeds both finished). "
+             "Δ = arm − baseline, paired by seed, mean with its 95 % t interval (n = seeds both finished; "
+             "an arm with a smaller n was trained on fewer seeds, `--arms`). "
              "Separability = mean inter-centroid distance / mean intra-class RMS spread on the validation "
              "scenes. Minutes per run: wall time (a resumed run's last session scaled to the whole run), one torch "
               "thread under nice 19 on a machine shared with other jobs: an upper bound."), "",
@@ -309,6 +311,10 @@ def parse_args(argv=None):
     p.add_argument("--work-dir", type=Path, default=Path("runs/study"), help="where runs live (default runs/study)")
     p.add_argument("--out", default=str(Path(__file__).with_name("TRAIN_RESULTS.md")),
                    help="markdown file whose table sections are (re)written (default benchmarks/TRAIN_RESULTS.md)")
+    p.add_argument("--arms", type=int, nargs="+", metavar="I",
+                   help="train only these arms, by position in the table (0 = baseline; --help lists them in "
+                        "order), to give more seeds where a decision needs them; the report still lists every "
+                        "arm's finished runs (default all)")
     p.add_argument("--report-only", action="store_true", help="write the tables from finished runs; train nothing")
     p.add_argument("--pictures", action="store_true",
                    help="instead of training: PCA figures of baseline vs CSFR features for the first seed")
@@ -327,6 +333,9 @@ def main(argv=None) -> None:
             print(pictures(args, scenes, args.seeds[0]))
         return
     arms = TABLES[args.table]
+    if args.arms and not set(args.arms) <= set(range(len(arms))):
+        raise SystemExit(f"--arms: table {args.table} has arms 0-{len(arms) - 1}, got {args.arms}")
+    trained = [arm for i, arm in enumerate(arms) if not args.arms or i in args.arms]
     jobs = [(scenes, arm, seed) for seed in args.seeds for scenes in args.scenes for arm in arms]
     results: dict[str, dict[Arm, dict[int, dict]]] = {s: {arm: {} for arm in arms} for s in args.scenes}
     todo = []
@@ -336,7 +345,7 @@ def main(argv=None) -> None:
         record = load_result(folder, config)
         if record is not None:
             results[scenes][arm][seed] = record
-        elif not args.report_only and (folder, scenes, arm, seed) not in todo:
+        elif not args.report_only and arm in trained and (folder, scenes, arm, seed) not in todo:
             todo.append((folder, scenes, arm, seed))
     bar = tqdm(todo, desc=f"study {args.table}", unit="run", dynamic_ncols=True)
     for folder, scenes, arm, seed in bar:

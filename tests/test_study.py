@@ -160,6 +160,14 @@ def test_study_runs_pairs_resumes_and_reports(tmp_path, monkeypatch):
     assert len(results) == 8 and all("modes_it2_" in str(p) for p in results)
     record = json.loads(results[0].read_text())
     assert [it for it, _ in record["curve"]] == [1, 2] and record["wall_s"] > 0
+    # more seeds for some arms only: the others keep their n
+    study.main(["ablation", "--scenes", "modes", "--seeds", "0", "1", "2", "--arms", "0", "3", *study_args(tmp_path)])
+    assert len(sorted((tmp_path / "runs").rglob("result.json"))) == 10
+    counts = [line.split("|")[2].strip() for line in (tmp_path / "T.md").read_text().splitlines()
+              if line.startswith(("| baseline", "| +", "| full"))]
+    assert counts == ["3", "2", "2", "3"]
+    with pytest.raises(SystemExit, match="arms 0-3"):
+        study.main([*argv, "--arms", "4"])
     # a rerun trains nothing; the weight arm 0.1 is the reference CSFR's run
     monkeypatch.setattr(study, "train_one", lambda *a: pytest.fail("a finished run was retrained"))
     study.main(argv)
