@@ -63,7 +63,7 @@ class Arm:
 
 
 BASELINE = Arm("baseline", False)
-CSFR = Arm("CSFR (preset)", True)
+CSFR = Arm("CSFR (CAC weight 0.1)", True)
 
 
 def _weight(w: float) -> Arm:
@@ -237,10 +237,18 @@ def _mean_sd(values: list[float]) -> str:
     return f"{mean:.2f} ± {sd:.2f}"
 
 
+def _delta(n: int, mean: float, half: float, digits: int) -> str:
+    """A paired difference as 'mean [low, high]' (no interval from one seed; '-' from none)."""
+    if n == 0:
+        return "-"
+    return f"{mean:+.{digits}f}" + ("" if math.isnan(half) else f" [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]")
+
+
 def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, dict]]) -> tuple[str, str]:
     """(title, markdown) of one table and scene kind from the finished runs."""
     title = f"Study: {table}, {args.head} head, {scenes} scenes, {args.iters} iterations"
     base = {s: r["mIoU"] for s, r in results[BASELINE].items()}
+    base_sep = {s: r["separability"]["classifier input"] for s, r in results[BASELINE].items()}
     lines = [f"## {title}", "",
              (f"Command: `python benchmarks/study.py {table} --head {args.head} --scenes {scenes} --iters {args.iters} "
               f"--curve-points {args.curve_points} "
@@ -248,21 +256,22 @@ def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, di
              "Δ = arm − baseline, paired by seed, mean with its 95 % t interval (n = seeds both finished; "
              "an arm with a smaller n was trained on fewer seeds, `--arms`). "
              "Separability = mean inter-centroid distance / mean intra-class RMS spread on the validation "
-             "scenes. Minutes per run: wall time (a resumed run's last session scaled to the whole run), one torch "
+             "scenes; Δ sep. = that of the classifier input, arm − baseline, paired as Δ mIoU. Minutes per run: wall time (a resumed run's last session scaled to the whole run), one torch "
               "thread under nice 19 on a machine shared with other jobs: an upper bound."), "",
-             "| arm | n | mIoU (mean ± sd) | Δ mIoU [95 % CI] | Δ by seed | sep. classifier input | sep. S | min / run |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             ("| arm | n | mIoU (mean ± sd) | Δ mIoU [95 % CI] | Δ by seed | sep. classifier input "
+              "| Δ sep. [95 % CI] | sep. S | min / run |"),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, runs in results.items():
         values = {s: r["mIoU"] for s, r in runs.items()}
-        n, mean, half = paired(values, base)
-        delta = "-" if arm == BASELINE or n == 0 else (
-            f"{mean:+.2f}" + ("" if math.isnan(half) else f" [{mean - half:+.2f}, {mean + half:+.2f}]"))
-        sep_x = _mean_sd([r["separability"]["classifier input"] for r in runs.values()])
+        delta = "-" if arm == BASELINE else _delta(*paired(values, base), digits=2)
+        seps = {s: r["separability"]["classifier input"] for s, r in runs.items()}
+        delta_sep = "-" if arm == BASELINE else _delta(*paired(seps, base_sep), digits=3)
+        sep_x = _mean_sd(list(seps.values()))
         sep_s = _mean_sd([r["separability"]["S"] for r in runs.values() if "S" in r["separability"]])
         minutes = _mean_sd([run_minutes(r) for r in runs.values() if run_minutes(r) is not None]).split(" ±")[0]
         by_seed = "-" if arm == BASELINE else " ".join(f"{values[s] - base[s]:+.1f}" for s in sorted(values) if s in base)
         lines.append(f"| {arm.label} | {len(runs)} | {_mean_sd(list(values.values()))} | {delta} | {by_seed or '-'} | "
-                     f"{sep_x} | {sep_s} | {minutes} |")
+                     f"{sep_x} | {delta_sep} | {sep_s} | {minutes} |")
     if results.get(BASELINE):
         curves = [r["curve"] for r in results[BASELINE].values()]
         its = [it for it, _ in curves[0]]
@@ -274,7 +283,7 @@ def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, di
 
 
 def pictures(args, scenes: str, seed: int) -> Path:
-    """PCA of a sample of validation pixel features, baseline vs CSFR (preset), from finished runs."""
+    """PCA of a sample of validation pixel features, baseline vs CSFR (the study's reference), from finished runs."""
     panels, dataset = [], None
     for arm in (BASELINE, CSFR):
         config = run_config(args, scenes, arm, seed)

@@ -152,8 +152,10 @@ def test_study_runs_pairs_resumes_and_reports(tmp_path, monkeypatch):
             if line.startswith("| ") and not line.startswith(("| arm", "| iteration", "| mIoU"))}
     assert list(rows) == [a.label for a in study.TABLES["ablation"]]
     assert all(r[0].strip() == "2" for r in rows.values())  # both seeds of every arm
-    assert rows["baseline"][2].strip() == "-" and rows["baseline"][5].strip() == "-"  # no delta, no S
-    assert "[" in rows["full CSFR"][2] and float(rows["full CSFR"][5].split("±")[0]) > 0
+    assert [rows["baseline"][i].strip() for i in (2, 5, 6)] == ["-", "-", "-"]  # no deltas, no S
+    assert "[" in rows["full CSFR"][2] and float(rows["full CSFR"][6].split("±")[0]) > 0
+    seps = [float(rows[arm][4].split("±")[0]) for arm in ("full CSFR", "baseline")]  # means over the same seeds
+    assert float(rows["full CSFR"][5].split()[0]) == pytest.approx(seps[0] - seps[1], abs=0.003)
     deltas = [float(d) for d in rows["full CSFR"][3].split()]  # by seed: their mean is the delta
     assert len(deltas) == 2 and float(rows["full CSFR"][2].split()[0]) == pytest.approx(sum(deltas) / 2, abs=0.06)
     results = sorted((tmp_path / "runs").rglob("result.json"))
