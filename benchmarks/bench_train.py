@@ -108,10 +108,12 @@ def main(argv=None) -> None:
         return float(values.mean()), float(values.std()) if len(values) > 1 else 0.0
 
     title = device_description(device)
-    train = config_for(csfr_name, 0)["train"]
+    reference = config_for(csfr_name, 0)
+    train, options = reference["train"], reference["model"]["options"]
     lines = [f"## {title}", "",
              (f"{datetime.date.today().isoformat()}, torch {torch.__version__}; preset `{args.config}` "
-              f"{' '.join('--set ' + o for o in args.overrides)}: {train['iters']} iterations, batch "
+              f"{''.join('--set ' + o + ' ' for o in args.overrides)}(CAC weights {options['w_intra']:g} / "
+              f"{options['w_inter']:g}): {train['iters']} iterations, batch "
               f"{train['batch_size']}, seeds {args.seeds} (each seed also draws the scenes), the same for both "
               f"models. Command: `python benchmarks/bench_train.py {' '.join(sys.argv[1:])}`"),
              "", "| model | seed | mIoU | separability (inter / intra) |", "|---|---:|---:|---:|"]

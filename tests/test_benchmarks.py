@@ -47,10 +47,11 @@ def test_bench_train_compares_csfr_with_its_baseline(tmp_path):
     assert bench.baseline_name("csfr_r50_d8") == "fcn_r50_d8"
     assert bench.baseline_name("csfr_pspnet_r101_d16") == "pspnet_r101_d16"
     out = tmp_path / "TRAIN.md"
-    sets = [arg for item in TINY + ["train.iters=2"] for arg in ("--set", item)]
+    weights = ["model.options.w_intra=0.2", "model.options.w_inter=0.5"]
+    sets = [arg for item in TINY + ["train.iters=2", *weights] for arg in ("--set", item)]
     bench.main([*sets, "--seeds", "0", "1", "--work-dir", str(tmp_path / "runs"), "--repeat", "2", "--out", str(out)])
     text = out.read_text()
-    assert text.startswith("# Training proxy results")
+    assert text.startswith("# Training proxy results") and "(CAC weights 0.2 / 0.5)" in text
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith(("| csfr_r50_d8", "| fcn_r50_d8"))]
     per_seed, summary = rows[:4], rows[4:]
     assert [(r[0].strip(), r[1].strip()) for r in per_seed] == [("csfr_r50_d8", "0"), ("fcn_r50_d8", "0"),
