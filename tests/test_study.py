@@ -155,7 +155,8 @@ def test_study_runs_pairs_resumes_and_reports(tmp_path, monkeypatch):
     assert [rows["baseline"][i].strip() for i in (2, 5, 6)] == ["-", "-", "-"]  # no deltas, no S
     assert "[" in rows["full CSFR"][2] and float(rows["full CSFR"][6].split("±")[0]) > 0
     seps = [float(rows[arm][4].split("±")[0]) for arm in ("full CSFR", "baseline")]  # means over the same seeds
-    assert float(rows["full CSFR"][5].split()[0]) == pytest.approx(seps[0] - seps[1], abs=0.003)
+    # the paired mean difference is the difference of the means; each mean is printed to 0.005
+    assert float(rows["full CSFR"][5].split()[0]) == pytest.approx(seps[0] - seps[1], abs=0.0105)
     deltas = [float(d) for d in rows["full CSFR"][3].split()]  # by seed: their mean is the delta
     assert len(deltas) == 2 and float(rows["full CSFR"][2].split()[0]) == pytest.approx(sum(deltas) / 2, abs=0.06)
     results = sorted((tmp_path / "runs").rglob("result.json"))
