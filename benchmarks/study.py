@@ -247,8 +247,9 @@ def _delta(n: int, mean: float, half: float, digits: int) -> str:
 def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, dict]]) -> tuple[str, str]:
     """(title, markdown) of one table and scene kind from the finished runs."""
     title = f"Study: {table}, {args.head} head, {scenes} scenes, {args.iters} iterations"
-    base = {s: r["mIoU"] for s, r in results[BASELINE].items()}
-    base_sep = {s: r["separability"]["classifier input"] for s, r in results[BASELINE].items()}
+    miou = {arm: {s: r["mIoU"] for s, r in runs.items()} for arm, runs in results.items()}
+    sep = {arm: {s: r["separability"]["classifier input"] for s, r in runs.items()} for arm, runs in results.items()}
+    base = miou[BASELINE]
     lines = [f"## {title}", "",
              (f"Command: `python benchmarks/study.py {table} --head {args.head} --scenes {scenes} --iters {args.iters} "
               f"--curve-points {args.curve_points} "
@@ -256,17 +257,17 @@ def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, di
              "Δ = arm − baseline, paired by seed, mean with its 95 % t interval (n = seeds both finished; "
              "an arm with a smaller n was trained on fewer seeds, `--arms`). "
              "Separability = mean inter-centroid distance / mean intra-class RMS spread on the validation "
-             "scenes; Δ sep. = that of the classifier input, arm − baseline, paired as Δ mIoU. Minutes per run: wall time (a resumed run's last session scaled to the whole run), one torch "
-              "thread under nice 19 on a machine shared with other jobs: an upper bound."), "",
+             "scenes; Δ sep. = that of the classifier input, arm − baseline, paired as Δ mIoU. Minutes per run: "
+             "wall time (a resumed run's last session scaled to the whole run), one torch thread under nice 19 on "
+             "a machine shared with other jobs: an upper bound."), "",
              ("| arm | n | mIoU (mean ± sd) | Δ mIoU [95 % CI] | Δ by seed | sep. classifier input "
               "| Δ sep. [95 % CI] | sep. S | min / run |"),
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for arm, runs in results.items():
-        values = {s: r["mIoU"] for s, r in runs.items()}
+        values = miou[arm]
         delta = "-" if arm == BASELINE else _delta(*paired(values, base), digits=2)
-        seps = {s: r["separability"]["classifier input"] for s, r in runs.items()}
-        delta_sep = "-" if arm == BASELINE else _delta(*paired(seps, base_sep), digits=3)
-        sep_x = _mean_sd(list(seps.values()))
+        delta_sep = "-" if arm == BASELINE else _delta(*paired(sep[arm], sep[BASELINE]), digits=3)
+        sep_x = _mean_sd(list(sep[arm].values()))
         sep_s = _mean_sd([r["separability"]["S"] for r in runs.values() if "S" in r["separability"]])
         minutes = _mean_sd([run_minutes(r) for r in runs.values() if run_minutes(r) is not None]).split(" ±")[0]
         by_seed = "-" if arm == BASELINE else " ".join(f"{values[s] - base[s]:+.1f}" for s in sorted(values) if s in base)
