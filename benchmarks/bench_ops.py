@@ -249,6 +249,7 @@ def write_section(path: str, title: str, section: str, heading: str = "# Operato
     text = Path(path).read_text() if os.path.exists(path) else heading + "\n\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    text = text.rstrip("\n") + "\n"  # rewriting the last section must not grow the file
     tmp = path + ".tmp"
     with open(tmp, "w") as out:
         out.write(text)

@@ -98,3 +98,18 @@ def test_bench_ops_quick_writes_no_results_file(tmp_path, monkeypatch, capsys):
     assert committed.read_text() == "# Operator benchmark results\n\n## A real machine\n\nmeasured\n"
     assert list(tmp_path.iterdir()) == [committed]
     assert "| gated_blend" in capsys.readouterr().out  # the smoke run still prints its table
+
+
+def test_write_section_replaces_in_place_and_is_idempotent(tmp_path):
+    bench = load("bench_ops")
+    path = str(tmp_path / "R.md")
+    bench.write_section(path, "a", "## a\n\nfirst\n", heading="# H")
+    bench.write_section(path, "b", "## b\n\nsecond\n", heading="# H")
+    expected = "# H\n\n## a\n\nfirst\n\n## b\n\nsecond\n"
+    assert pathlib.Path(path).read_text() == expected
+    for _ in range(2):  # rewriting either section, the last included, leaves the file as it was
+        bench.write_section(path, "b", "## b\n\nsecond\n", heading="# H")
+        bench.write_section(path, "a", "## a\n\nfirst\n", heading="# H")
+    assert pathlib.Path(path).read_text() == expected
+    bench.write_section(path, "a", "## a\n\nnew\n", heading="# H")
+    assert pathlib.Path(path).read_text() == expected.replace("first", "new")
