@@ -7,6 +7,7 @@
 # On a GPU machine (no package index needed; docs/cuda.md, "make gpu-check"), each under 9 minutes:
 #   make gpu-check  builds CUDA in place, pytest -m cuda, compute-sanitizer, GPU + CPU training
 #   make gpu-bench  builds, then the operator and training-step benchmarks into benchmarks/RESULTS.md
+#   make gpu-all    both in one run (the checks side by side, then the benchmarks alone): a short lease
 # GPU_CHECK_OUT gets the logs and summaries (copy it off the machine); GPU_CHECK_ARGS=--dry-run lists
 # the steps and their commands without running them. Runtime dependencies the GPU machine lacks come as
 # wheels: `make gpu-wheels` (where pip can download) fills .whl/ with GPU_WHEELS and their dependencies
@@ -22,7 +23,7 @@ GPU_CHECK_ARGS ?=
 GPU_WHEELS ?= pydantic
 GPU_PYTHON ?= 3.12
 
-.PHONY: install test demo bench gpu-check gpu-bench gpu-wheels
+.PHONY: install test demo bench gpu-check gpu-bench gpu-all gpu-wheels
 
 install:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_SPEC)"
@@ -47,6 +48,9 @@ gpu-check:
 
 gpu-bench:
 	@$(PYTHON) tools/gpu_check.py bench --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
+
+gpu-all:
+	@$(PYTHON) tools/gpu_check.py all --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)
 
 gpu-wheels:
 	$(PYTHON) tools/gpu_check.py wheels $(GPU_WHEELS) --python-version $(GPU_PYTHON)

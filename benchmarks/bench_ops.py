@@ -289,17 +289,18 @@ def main(argv=None) -> None:
     print(f"{title}; fused backends timed: {', '.join(backends) or 'none'}", flush=True)
     b, d, h, w, _ = max(shapes, key=lambda s: s[0] * s[1] * s[2] * s[3])
     copy_gbs = copy_bandwidth(b * d * h * w, dtype, device, args.repeat)
-    results = []
-    for op in args.ops:
-        for shape in shapes:
-            case = Case(op, shape, dtype, device)
-            results.append((case, run_case(case, backends, args.repeat, copy_gbs)))
-    section = markdown(results, title, copy_gbs, args)
-    if device.type == "cuda":  # the targets are set for a GPU
-        section += "\n" + targets_markdown(check_targets(results))
     out = args.out or (None if args.quick else RESULTS)
-    if out is not None:
-        write_section(out, title, section)
+    cases = [Case(op, shape, dtype, device) for op in args.ops for shape in shapes]
+    results = []
+    for case in cases:
+        results.append((case, run_case(case, backends, args.repeat, copy_gbs)))
+        section = markdown(results, title, copy_gbs, args)
+        if len(results) < len(cases):  # rewritten after every case: a run stopped at a time limit keeps its rows
+            section += f"\nIncomplete: {len(results)} of {len(cases)} cases measured so far.\n"
+        if device.type == "cuda":  # the targets are set for a GPU
+            section += "\n" + targets_markdown(check_targets(results))
+        if out is not None:
+            write_section(out, title, section)
     print(section)
 
 

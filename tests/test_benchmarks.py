@@ -113,3 +113,25 @@ def test_write_section_replaces_in_place_and_is_idempotent(tmp_path):
     assert pathlib.Path(path).read_text() == expected
     bench.write_section(path, "a", "## a\n\nnew\n", heading="# H")
     assert pathlib.Path(path).read_text() == expected.replace("first", "new")
+
+
+def test_bench_ops_keeps_the_cases_finished_before_it_stopped(tmp_path, monkeypatch):
+    """A run killed at a time limit leaves the rows it measured, marked incomplete."""
+    bench = load("bench_ops")
+    real, calls = bench.run_case, []
+
+    def second_case_is_killed(case, *args):
+        calls.append(case.op)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # what a time limit's kill looks like from inside
+        return real(case, *args)
+
+    monkeypatch.setattr(bench, "run_case", second_case_is_killed)
+    out = tmp_path / "RESULTS.md"
+    try:
+        bench.main(["--quick", "--ops", "cac_loss", "gated_blend", "--out", str(out)])
+    except KeyboardInterrupt:
+        pass
+    text = out.read_text()
+    assert "| cac_loss |" in text and "| gated_blend |" not in text
+    assert "Incomplete: 1 of 2 cases measured so far." in text

@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,7 +52,7 @@ def dry_run(target: str) -> list[tuple[str, list[str]]]:
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not found")
-@pytest.mark.parametrize("target", ["check", "bench"])
+@pytest.mark.parametrize("target", ["check", "bench", "all"])
 def test_make_targets_call_the_script(target, tmp_path):
     out = subprocess.run(["make", "-n", f"gpu-{target}", f"GPU_CHECK_OUT={tmp_path}"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60, check=True).stdout
@@ -68,7 +69,7 @@ def test_check_dry_run_lists_the_steps_in_order():
     assert cmds["build"][0].startswith("CSFR_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=")
     assert cmds["build"][0].endswith("-m pip install --no-index --no-deps --no-build-isolation -e .")
     assert "csfr.ops.backends()" in cmds["build"][1]
-    assert cmds["pytest -m cuda"][0].endswith("-m pytest -m cuda -q -p no:cacheprovider")
+    assert "-m pytest -m cuda -q -p no:cacheprovider" in cmds["pytest -m cuda"][0]
     compile_cmd, run_cmd = cmds["kernel driver"]
     assert "tools/kernel_driver.cu" in compile_cmd and "kernels/segment_sum.cu" in compile_cmd
     driver = compile_cmd.rsplit(" -o ", 1)[1]
@@ -113,6 +114,41 @@ def test_without_a_gpu_it_stops_with_one_line(target, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"gpu-{target}: no usable CUDA GPU: torch ")
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_all_is_check_then_bench_with_the_checks_in_lanes():
+    out = subprocess.run([sys.executable, "tools/gpu_check.py", "all", "--dry-run"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    steps = dry_run("all")
+    assert steps == dry_run("check") + dry_run("bench")[1:]
+    lanes = {line.split(": ", 1)[1].split(" (limit")[0]: line.split("lane ")[1].rstrip(")")
+             for line in out.splitlines() if line.startswith("step ") and "lane " in line}
+    assert lanes == {"pytest -m cuda": "tests", "kernel driver": "kernels", "compute-sanitizer memcheck": "kernels",
+                     "compute-sanitizer racecheck": "kernels", "compute-sanitizer synccheck": "kernels",
+                     "train on the GPU": "train", "train on the CPU": "train"}  # the build and benchmarks run alone
+
+
+def test_lanes_run_side_by_side_each_in_order(gpu_check, tmp_path):
+    py = sys.executable
+    Step = gpu_check.Step
+    sleep = "import time; time.sleep(2); print('{}')"
+    steps = [Step("alone", [[py, "-c", "print('alone')"]], 60),
+             Step("a1", [[py, "-c", sleep.format("a1")]], 60, lane="a"),
+             Step("b1", [[py, "-c", sleep.format("b1")]], 60, lane="b"),
+             Step("a2", [[py, "-c", "import sys; sys.exit(4)"]], 60, lane="a"),
+             Step("c1", [[py, "-c", sleep.format("c1")]], 60, lane="c"),
+             Step("last", [[py, "-c", "print('last')"]], 60)]
+    log = gpu_check.Log(tmp_path / "log.txt")
+    start = time.monotonic()
+    results = gpu_check.run_steps(steps, log, budget_s=120)
+    assert time.monotonic() - start < 5  # three 2 s sleeps side by side, not 6 s one after another
+    assert [(r["step"], r["status"]) for r in results] == [
+        ("alone", "ok"), ("a1", "ok"), ("b1", "ok"), ("a2", "FAIL"), ("c1", "ok"), ("last", "ok")]
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert "[a] a1" in lines and "[b] b1" in lines and "[c] c1" in lines and "alone" in lines
+    assert lines.index("[a] a1") < lines.index("[a] === a2: FAIL in 0 s: exit status 4 from "
+                                               f"`{py} -c import sys; sys.exit(4) ...` ===")
+    assert lines.index("last") > max(lines.index(f"[{x}] {x}1") for x in "abc")  # after every lane ended
 
 
 def test_steps_run_in_order_time_boxed_and_checked(gpu_check, tmp_path):

@@ -3,6 +3,7 @@
     python tools/gpu_check.py check   # build CUDA in place, pytest -m cuda, kernels under compute-sanitizer,
                                       # train the synthetic preset on the GPU (torchrun, bf16) and on the CPU
     python tools/gpu_check.py bench   # build, then bench_ops --device cuda and the training-step benchmark
+    python tools/gpu_check.py all     # both in one run: the checks side by side, then the benchmarks alone
     python tools/gpu_check.py check --dry-run   # list the steps and their exact commands; run nothing
     python tools/gpu_check.py wheels pydantic   # where pip can download: wheels of missing packages into .whl/
 
@@ -11,7 +12,10 @@ nothing is downloaded (runtime dependencies the machine lacks come as wheels in 
 beforehand by the `wheels` target where pip works, and are installed first), and the build is
 `pip install --no-index --no-deps --no-build-isolation -e .`. Each step runs under its own time
 limit; a failed step is reported and the next one still runs (the build excepted: without it nothing
-else can), so one session on a GPU finds every problem at once.
+else can), so one session on a GPU finds every problem at once. `all` fits a short lease: after the
+build, the tests, the sanitizers and the trainings run at the same time (each in its own lane, pytest
+spread over processes when pytest-xdist is there), then the benchmarks run alone so nothing disturbs
+their timings.
 Everything printed goes to <out>/<target>.log as well, with a summary in <out>/<target>-summary.md
 and, for bench, a copy of benchmarks/RESULTS.md: copy <out> off a machine about to go away.
 Without a GPU the command stops at once with one line (exit status 1).
@@ -23,6 +27,7 @@ import argparse
 import datetime
 import glob
 import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -61,6 +66,7 @@ class Step:
     env: dict[str, str] = field(default_factory=dict)
     required: bool = False  # a failure stops the run
     check: Callable[[str], str | None] | None = None
+    lane: str | None = None  # consecutive steps with lanes run lane beside lane (each lane in order)
 
 
 def sanitizer_findings(tool: str, output: str) -> str | None:
@@ -156,7 +162,7 @@ def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int, wheels: 
     def sanitize(tool: str) -> Step:
         leak = ["--leak-check", "full"] if tool == "memcheck" else []
         return Step(f"compute-sanitizer {tool}", [[sanitizer, "--tool", tool, "--error-exitcode", "1", *leak, driver]],
-                    120, check=lambda out: sanitizer_findings(tool, out) or driver_check(out))
+                    120, check=lambda out: sanitizer_findings(tool, out) or driver_check(out), lane="kernels")
 
     gpu, cpu = work / "train-gpu", work / "train-cpu"
     schedule = ["--set", f"train.iters={iters}", "--set", f"train.val_interval={iters}",
@@ -171,13 +177,18 @@ def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int, wheels: 
         return [py, "-m", "csfr.evaluate", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--flip",
                 "--json", str(run / "eval_flip.json")]
 
+    # pytest-xdist, where installed, spreads the tests over processes (the Triton compiles dominate)
+    workers = max(2, min(8, (os.cpu_count() or 2) // 2)) if importlib.util.find_spec("xdist") else 0
+    xdist = ["-n", str(workers)] if workers else []
     return [
         *build_steps(py, arch, wheels),
-        Step("pytest -m cuda", [[py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider"]], 240),
-        Step("kernel driver", [compile_driver, [driver]], 120, check=driver_check),
+        Step("pytest -m cuda", [[py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *xdist]], 240,
+             env={"OMP_NUM_THREADS": "2"} if workers else {}, lane="tests"),
+        Step("kernel driver", [compile_driver, [driver]], 120, check=driver_check, lane="kernels"),
         *(sanitize(tool) for tool in SANITIZER_TOOLS),
-        Step("train on the GPU", [["rm", "-rf", str(gpu)], train_gpu, evaluate(gpu)], 180),
-        Step("train on the CPU", [["rm", "-rf", str(cpu)], train_cpu, evaluate(cpu)], 150),
+        Step("train on the GPU", [["rm", "-rf", str(gpu)], train_gpu, evaluate(gpu)], 180, lane="train"),
+        Step("train on the CPU", [["rm", "-rf", str(cpu)], train_cpu, evaluate(cpu)], 150,
+             env={"OMP_NUM_THREADS": "4"}, lane="train"),  # the other lanes use CPU cores too
     ]
 
 
@@ -188,6 +199,11 @@ def bench_steps(py: str, arch: str, wheels: list[Path]) -> list[Step]:
         Step("bench_ops --device cuda", [[py, "benchmarks/bench_ops.py", "--device", "cuda"]], 330),
         Step("bench_train_step", [[py, "benchmarks/bench_train_step.py", "--device", "cuda"]], 180),
     ]
+
+
+def all_steps(py: str, arch: str, work: Path, iters: int, nproc: int, wheels: list[Path]) -> list[Step]:
+    """`make gpu-all`: check's steps, then bench's after them (alone, so their timings are undisturbed)."""
+    return [*check_steps(py, arch, work, iters, nproc, wheels), *bench_steps(py, arch, wheels)[1:]]
 
 
 def train_report(work: Path, iters: int) -> list[str]:
@@ -214,17 +230,23 @@ class Log:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = path.open("w")
+        self.lock = threading.Lock()
 
-    def write(self, text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        self.file.write(text)
-        self.file.flush()
+    def write(self, text: str, prefix: str = "") -> None:
+        if prefix:
+            text = "".join(prefix + line for line in text.splitlines(keepends=True))
+        with self.lock:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            self.file.write(text)
+            self.file.flush()
 
 
-def run_command(cmd: list[str], env: dict[str, str], deadline: float, log: Log) -> tuple[int | None, str]:
-    """Runs cmd in its own process group, streaming its output; (return code or None on timeout, output)."""
-    log.write(f"$ {shlex.join(cmd)}\n")
+def run_command(cmd: list[str], env: dict[str, str], deadline: float, log: Log,
+                prefix: str = "") -> tuple[int | None, str]:
+    """Runs cmd in its own process group, streaming its output (each line after `prefix`);
+    (return code or None on timeout, output)."""
+    log.write(f"$ {shlex.join(cmd)}\n", prefix)
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
                             start_new_session=True)
@@ -242,45 +264,73 @@ def run_command(cmd: list[str], env: dict[str, str], deadline: float, log: Log) 
     chunks = []
     for line in proc.stdout:
         chunks.append(line)
-        log.write(line)
+        log.write(line, prefix)
     rc = proc.wait()
     timer.cancel()
     return (None if timed_out.is_set() else rc), "".join(chunks)
 
 
+def run_step(step: Step, label: str, log: Log, end: float, prefix: str = "") -> dict:
+    """Runs one step until its own limit or `end`; its result: name, status (ok / FAIL / TIMEOUT), seconds, why."""
+    start = time.monotonic()
+    deadline = min(start + step.timeout_s, end)
+    log.write(f"\n=== {label}: {step.name} (limit {deadline - start:.0f} s) ===\n", prefix)
+    status, why, outputs = "ok", "", []
+    for cmd in step.commands:
+        rc, out = run_command(cmd, step.env, deadline, log, prefix)
+        outputs.append(out)
+        if rc is None:
+            status, why = "TIMEOUT", f"over {deadline - start:.0f} s in `{' '.join(cmd[:4])} ...`"
+            break
+        if rc != 0:
+            status, why = "FAIL", f"exit status {rc} from `{' '.join(cmd[:4])} ...`"
+            break
+    if status != "TIMEOUT" and step.check is not None:
+        problem = step.check("".join(outputs))
+        if problem:
+            status, why = "FAIL", problem + (f" ({why})" if why else "")
+    seconds = time.monotonic() - start
+    log.write(f"=== {step.name}: {status} in {seconds:.0f} s{': ' + why if why else ''} ===\n", prefix)
+    return {"step": step.name, "status": status, "seconds": seconds, "why": why}
+
+
 def run_steps(steps: list[Step], log: Log, budget_s: float) -> list[dict]:
-    """Runs the steps within budget_s seconds in all; one result per step: name, status (ok / FAIL /
-    TIMEOUT / skipped), seconds, why. A step gets its own limit or what is left of the budget."""
-    results, stop = [], None
+    """Runs the steps within budget_s seconds in all; one result per step, in the steps' order: name,
+    status (ok / FAIL / TIMEOUT / skipped), seconds, why. A step gets its own limit or what is left of
+    the budget. Consecutive steps with lanes run together, one thread per lane, each lane's steps in
+    order; a lane's output lines start with `[lane] `."""
+    results: list[dict | None] = [None] * len(steps)
     end = time.monotonic() + budget_s
-    for number, step in enumerate(steps, 1):
-        if stop is None and time.monotonic() >= end:
-            stop = f"the {budget_s:.0f} s budget was spent"
-        if stop:
-            results.append({"step": step.name, "status": "skipped", "seconds": 0.0, "why": stop})
-            continue
-        start = time.monotonic()
-        deadline = min(start + step.timeout_s, end)
-        log.write(f"\n=== step {number}/{len(steps)}: {step.name} (limit {deadline - start:.0f} s) ===\n")
-        status, why, outputs = "ok", "", []
-        for cmd in step.commands:
-            rc, out = run_command(cmd, step.env, deadline, log)
-            outputs.append(out)
-            if rc is None:
-                status, why = "TIMEOUT", f"over {deadline - start:.0f} s in `{' '.join(cmd[:4])} ...`"
-                break
-            if rc != 0:
-                status, why = "FAIL", f"exit status {rc} from `{' '.join(cmd[:4])} ...`"
-                break
-        if status != "TIMEOUT" and step.check is not None:
-            problem = step.check("".join(outputs))
-            if problem:
-                status, why = "FAIL", problem + (f" ({why})" if why else "")
-        seconds = time.monotonic() - start
-        results.append({"step": step.name, "status": status, "seconds": seconds, "why": why})
-        log.write(f"=== {step.name}: {status} in {seconds:.0f} s{': ' + why if why else ''} ===\n")
-        if status != "ok" and step.required:
-            stop = f"step {step.name!r} failed"
+
+    def run_lane(indices: list[int], stop: str | None) -> None:
+        for k in indices:
+            why = stop or (f"the {budget_s:.0f} s budget was spent" if time.monotonic() >= end else None)
+            if why:
+                results[k] = {"step": steps[k].name, "status": "skipped", "seconds": 0.0, "why": why}
+                continue
+            lane = steps[k].lane
+            results[k] = run_step(steps[k], f"step {k + 1}/{len(steps)}", log, end, f"[{lane}] " if lane else "")
+
+    stop = None
+    i = 0
+    while i < len(steps):
+        j = i + 1
+        if steps[i].lane is not None:
+            while j < len(steps) and steps[j].lane is not None:
+                j += 1
+        lanes: dict[str | None, list[int]] = {}
+        for k in range(i, j):
+            lanes.setdefault(steps[k].lane, []).append(k)
+
+        threads = [threading.Thread(target=run_lane, args=(indices, stop)) for indices in lanes.values()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for k in range(i, j):
+            if stop is None and results[k]["status"] != "ok" and steps[k].required:
+                stop = f"step {steps[k].name!r} failed"
+        i = j
     return results
 
 
@@ -315,11 +365,12 @@ def gpu_present() -> tuple[str | None, str, str]:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="tools/gpu_check.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("target", choices=["check", "bench", "wheels"],
+    p.add_argument("target", choices=["check", "bench", "all", "wheels"],
                    help="wheels: download wheels of PACKAGES (with their dependencies) for the GPU machine's "
                         "Python into .whl/, on a machine where pip can download; "
                         "check: build, pytest -m cuda, compute-sanitizer, GPU and CPU training; "
-                        "bench: build, operator and training-step benchmarks into benchmarks/RESULTS.md")
+                        "bench: build, operator and training-step benchmarks into benchmarks/RESULTS.md; "
+                        "all: check then bench in one run, for a short lease")
     p.add_argument("packages", nargs="*", metavar="PACKAGES", help="for wheels: the distributions to fetch")
     p.add_argument("--python-version", default="3.12",
                    help="for wheels: the GPU machine's Python version (default 3.12)")
@@ -371,31 +422,33 @@ def main(argv=None) -> int:
     py = sys.executable
     arch = arch or "X.Y"
     wheels = wheels_to_install(WHEELS)
-    steps = (check_steps(py, arch, work, args.iters, args.nproc, wheels) if args.target == "check"
-             else bench_steps(py, arch, wheels))
+    steps = {"check": lambda: check_steps(py, arch, work, args.iters, args.nproc, wheels),
+             "bench": lambda: bench_steps(py, arch, wheels),
+             "all": lambda: all_steps(py, arch, work, args.iters, args.nproc, wheels)}[args.target]()
     if args.dry_run:
         if arch == "X.Y":
             print("X.Y: the compute capability of the GPU present (9.0 on an H100), XY the same without the dot")
         for number, step in enumerate(steps, 1):
             env = " ".join(f"{k}={v}" for k, v in step.env.items())
-            print(f"step {number}: {step.name} (limit {step.timeout_s} s{', required' if step.required else ''})")
+            notes = "".join([", required"] * step.required + [f", lane {step.lane}"] * bool(step.lane))
+            print(f"step {number}: {step.name} (limit {step.timeout_s} s{notes})")
             for cmd in step.commands:
                 print(f"  {env + ' ' if env else ''}{shlex.join(cmd)}")
         return 0
-    if args.target == "check":
+    if args.target in ("check", "all"):
         missing = [name for name in ("nvcc", "compute-sanitizer") if find_cuda_tool(name) is None]
         if missing:
-            print(f"gpu-check: {' and '.join(missing)} not found (PATH, $CUDA_HOME/bin, /usr/local/cuda*/bin)",
+            print(f"gpu-{args.target}: {' and '.join(missing)} not found (PATH, $CUDA_HOME/bin, /usr/local/cuda*/bin)",
                   file=sys.stderr)
             return 1
     work.mkdir(parents=True, exist_ok=True)
     log = Log(out / f"gpu-{args.target}.log")
     log.write(f"gpu-{args.target} on {device}; log {log.file.name}\n")
     results = run_steps(steps, log, args.budget)
-    extra = train_report(work, args.iters) if args.target == "check" else []
-    if args.target == "bench":
+    extra = train_report(work, args.iters) if args.target in ("check", "all") else []
+    if args.target in ("bench", "all"):
         shutil.copy(ROOT / "benchmarks" / "RESULTS.md", out / "RESULTS.md")
-        extra = [f"Tables (with the targets' PASS/FAIL): benchmarks/RESULTS.md, copied to {out / 'RESULTS.md'}"]
+        extra += [f"Tables (with the targets' PASS/FAIL): benchmarks/RESULTS.md, copied to {out / 'RESULTS.md'}"]
     text = summary(args.target, device, results, extra)
     (out / f"gpu-{args.target}-summary.md").write_text(text)
     log.write("\n" + text)
