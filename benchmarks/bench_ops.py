@@ -30,6 +30,9 @@ from csfr.ops import reference
 from csfr.profiling import device_description, median_ms, peak_extra_bytes
 
 IGNORE = 255
+# --labels blocky: square regions of one class, this many pixels a side; 32 consecutive pixels of a
+# row (one warp's loads) then cross two or three regions, as in a 1/8-scale street-scene label map
+REGION = 16
 DELTA_V, DELTA_D = 0.5, 1.5
 
 # (B, D, H, W, K): the shapes the issues fix; --quick uses tiny ones
@@ -47,6 +50,7 @@ class Case:
     shape: tuple[int, int, int, int, int]
     dtype: torch.dtype
     device: torch.device
+    labels: str = "random"  # random: every pixel drawn on its own (the kernels' worst case); blocky: regions
 
     @property
     def label(self) -> str:
@@ -62,8 +66,13 @@ class Case:
 
         if self.op == "gated_blend":
             return rand(b, d, h, w), rand(b, d, h, w), rand(b, d, h, w)
-        labels = torch.randint(0, k, (b, h, w), generator=gen)
-        labels[torch.rand(b, h, w, generator=gen) < 0.1] = IGNORE
+        if self.labels == "blocky":  # 10 % of the regions ignored
+            cells = torch.randint(0, k, (b, -(-h // REGION), -(-w // REGION)), generator=gen)
+            cells[torch.rand(cells.shape, generator=gen) < 0.1] = IGNORE
+            labels = cells.repeat_interleave(REGION, 1).repeat_interleave(REGION, 2)[:, :h, :w].contiguous()
+        else:  # 10 % of the pixels ignored
+            labels = torch.randint(0, k, (b, h, w), generator=gen)
+            labels[torch.rand(b, h, w, generator=gen) < 0.1] = IGNORE
         return rand(b, d, h, w), labels.to(self.device)
 
     def feature_bytes(self) -> int:
@@ -164,7 +173,7 @@ def run_case(case: Case, backends: list[str], repeat: int, copy_gbs: float) -> l
 
 def markdown(results: list[tuple[Case, list[dict]]], title: str, copy_gbs: float, args) -> str:
     lines = [f"## {title}", "",
-             (f"{datetime.date.today().isoformat()}, torch {torch.__version__}, dtype {args.dtype}, "
+             (f"{datetime.date.today().isoformat()}, torch {torch.__version__}, dtype {args.dtype}, {args.labels} labels, "
               f"median of {args.repeat} runs of forward + backward; measured copy bandwidth "
               f"{copy_gbs:.1f} GB/s. Command: `python benchmarks/bench_ops.py {' '.join(sys.argv[1:])}`"),
              "", "| op | shape | impl | median ms | x eager | x compile | GB/s | % of copy | peak extra MB |",
@@ -262,6 +271,10 @@ def parse_args(argv=None):
                         help="where the tensors live; the fused backends that run there are timed (default cpu)")
     parser.add_argument("--ops", nargs="+", default=["class_centroids", "cac_loss", "gated_blend"],
                         choices=["class_centroids", "cac_loss", "gated_blend"], help="operators to time (default all)")
+    parser.add_argument("--labels", default="random", choices=["random", "blocky"],
+                        help="label maps of class_centroids and cac_loss: random (each pixel drawn on its own, "
+                             f"the fused kernels' worst case) or blocky ({REGION}x{REGION} regions of one class, "
+                             "like real label maps; written to a section of its own) (default random)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="feature dtype (default float32)")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per measurement; the median is kept")
@@ -285,12 +298,13 @@ def main(argv=None) -> None:
     available = [name for name, state in csfr.ops.backends().items() if state == "available" and name != "torch"]
     backends = [name for name in available if name in FUSED_ON[device.type]]
     shapes = QUICK_SHAPES if args.quick else SHAPES
-    title = device_description(device) + (" (quick)" if args.quick else "")
+    title = device_description(device) + (", blocky labels" if args.labels == "blocky" else "") + \
+        (" (quick)" if args.quick else "")
     print(f"{title}; fused backends timed: {', '.join(backends) or 'none'}", flush=True)
     b, d, h, w, _ = max(shapes, key=lambda s: s[0] * s[1] * s[2] * s[3])
     copy_gbs = copy_bandwidth(b * d * h * w, dtype, device, args.repeat)
     out = args.out or (None if args.quick else RESULTS)
-    cases = [Case(op, shape, dtype, device) for op in args.ops for shape in shapes]
+    cases = [Case(op, shape, dtype, device, args.labels) for op in args.ops for shape in shapes]
     results = []
     for case in cases:
         results.append((case, run_case(case, backends, args.repeat, copy_gbs)))

@@ -62,6 +62,10 @@ __device__ __forceinline__ void warp_segment_add(int k, A v, Add add) {
     if (lane == leader) add(kl, total);
     todo &= ~__ballot_sync(kFullMask, k == kl);
   }
+  // A later call may pick another leader for the same class: when `add` is a plain shared-memory
+  // update (the deterministic path), only __syncwarp orders this leader's write before that lane's
+  // read (shuffles and votes do not order memory; compute-sanitizer racecheck flags it without).
+  __syncwarp(kFullMask);
 }
 
 // Shared-memory buffer of dynamic size, aligned for double.

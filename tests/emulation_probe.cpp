@@ -51,6 +51,24 @@ __global__ void votes_kernel(const int* pred, int64_t* out) {
   out[3 * t + 2] = __any_sync(0xffffffffu, pred[t]);
 }
 
+// Each lane writes its slot of a warp-shared buffer, __syncwarp, then reads its neighbour's: only the
+// barrier makes every write land before any read (without it a lane may run ahead of the writer).
+__global__ void syncwarp_kernel(int* out, int base) {
+  __shared__ int slot[64];  // a static in the emulation: it keeps the last launch's values
+  const int t = threadIdx.x;
+  slot[t] = base + t;
+  __syncwarp();
+  out[t] = slot[(t & ~31) + ((t + 1) & 31)];
+}
+
+Tensor syncwarp_neighbours(int64_t seed) {
+  csfr::emu::set_seed(static_cast<uint64_t>(seed));
+  Tensor out = at::empty({64}, at::kInt);
+  CSFR_LAUNCH(1, 64, 0, nullptr, syncwarp_kernel)(out.data_ptr<int>(), static_cast<int>(1000 * (seed + 1)));
+  check(cudaGetLastError());
+  return out;
+}
+
 Tensor votes(const Tensor& pred) {
   Tensor out = at::empty({pred.numel(), 3}, at::kLong);
   CSFR_LAUNCH(1, pred.numel(), 0, nullptr, votes_kernel)(pred.data_ptr<int>(), out.data_ptr<int64_t>());
@@ -115,6 +133,11 @@ __global__ void divergent_collective_kernel(int* out) {
   else out[threadIdx.x] = __any_sync(0xffffffffu, 1);
 }
 
+__global__ void divergent_syncwarp_kernel(int* out) {
+  if (threadIdx.x < 8) __syncwarp();
+  else out[threadIdx.x] = __ballot_sync(0xffffffffu, 1);
+}
+
 __global__ void smem_kernel(float* out) { out[threadIdx.x] = csfr::detail::dynamic_smem<float>()[threadIdx.x]; }
 
 __global__ void oob_write_kernel(float* out, int n) { out[n + threadIdx.x] = 1.f; }  // n + t: past the end
@@ -127,6 +150,8 @@ void fault(const std::string& kind) {
   else if (kind == "shfl_exited_lane") CSFR_LAUNCH(1, 32, 0, nullptr, shfl_exited_lane_kernel)(buf.data_ptr<int>());
   else if (kind == "divergent_collective")
     CSFR_LAUNCH(1, 32, 0, nullptr, divergent_collective_kernel)(buf.data_ptr<int>());
+  else if (kind == "divergent_syncwarp")
+    CSFR_LAUNCH(1, 32, 0, nullptr, divergent_syncwarp_kernel)(buf.data_ptr<int>());
   else if (kind == "smem_without_optin")
     CSFR_LAUNCH(1, 32, 64 * 1024, nullptr, smem_kernel)(floats.data_ptr<float>());
   else if (kind == "oob_write") CSFR_LAUNCH(1, 32, 0, nullptr, oob_write_kernel)(floats.data_ptr<float>(), 31);
@@ -140,6 +165,7 @@ TORCH_LIBRARY(csfr_probe, m) {
   m.def("lane0_of_warp(int bx, int by, int bz) -> Tensor", &lane0_of_warp);
   m.def("shfl_xor(Tensor v, int lane_mask) -> Tensor", &shfl_xor);
   m.def("votes(Tensor pred) -> Tensor", &votes);
+  m.def("syncwarp_neighbours(int seed) -> Tensor", &syncwarp_neighbours);
   m.def("block_sums(Tensor v) -> Tensor", &block_sums);
   m.def("atomic_sum(Tensor v) -> Tensor", &atomic_sum);
   m.def("fault(str kind) -> ()", &fault);

@@ -135,3 +135,23 @@ def test_bench_ops_keeps_the_cases_finished_before_it_stopped(tmp_path, monkeypa
     text = out.read_text()
     assert "| cac_loss |" in text and "| gated_blend |" not in text
     assert "Incomplete: 1 of 2 cases measured so far." in text
+
+
+def test_blocky_labels_are_regions_of_one_class():
+    bench = load("bench_ops")
+    import torch
+
+    case = bench.Case("cac_loss", (2, 4, 97, 97, 19), torch.float32, torch.device("cpu"), labels="blocky")
+    _, labels = case.inputs()
+    r = bench.REGION
+    for i in range(0, 97, r):
+        for j in range(0, 97, r):
+            region = labels[:, i:i + r, j:j + r].reshape(2, -1)
+            assert (region == region[:, :1]).all()  # one class (or ignore) per region
+    ignored = (labels == bench.IGNORE).float().mean()
+    assert 0.02 < ignored < 0.25 and len(labels[labels != bench.IGNORE].unique()) > 10
+    _, random = bench.Case("cac_loss", (2, 4, 97, 97, 19), torch.float32, torch.device("cpu")).inputs()
+    def changes(y):  # share of horizontal neighbours with different labels
+        return float((y[:, :, 1:] != y[:, :, :-1]).float().mean())
+
+    assert changes(labels) < 0.1 and changes(random) > 0.8

@@ -54,6 +54,13 @@ def test_votes(probe):
     assert torch.equal(out[:, 2], torch.ones(64, dtype=torch.long))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_syncwarp_orders_shared_memory_within_the_warp(probe, seed):
+    t = torch.arange(64)
+    neighbour = (t // 32) * 32 + (t + 1) % 32
+    assert torch.equal(probe.syncwarp_neighbours(seed), (1000 * (seed + 1) + neighbour).int())
+
+
 def test_static_and_dynamic_shared_memory_with_barriers(probe):
     v = torch.randn(4 * 128)
     blocks = v.reshape(4, 128)
@@ -75,6 +82,7 @@ def test_atomic_order_follows_the_seeded_schedule(probe):
     ("exit_before_barrier", r"not reached by thread \(3,0,0\)"),
     ("shfl_exited_lane", "names lane 5, which has exited"),
     ("divergent_collective", "divergent warp collective"),
+    ("divergent_syncwarp", "divergent warp collective.*__syncwarp|__syncwarp.*divergent warp collective"),
     ("smem_without_optin", "invalid argument"),
 ])
 def test_synccheck_errors_are_reported(probe, kind, message):

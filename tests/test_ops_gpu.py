@@ -14,12 +14,20 @@ channels-last and non-contiguous inputs, and ignore_index -1, 0 (a class id) and
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from opcases import GATES, LAYOUTS, compare_all_ops, compare_gated_blend, make_labels
 
 from csfr import ops
 from csfr.ops import reference
+from csfr.ops.triton import blend as triton_blend
+from csfr.ops.triton import segment as triton_segment
+from csfr.ops.triton.tuning import WARPS
 
 pytestmark = pytest.mark.cuda
 
@@ -136,6 +144,34 @@ def test_determinism(backend):
     assert torch.equal(first[3], second[3])
     x, s, g = (torch.randn(2, 64, 33, 33, device=DEVICE) for _ in range(3))
     assert torch.equal(ops.gated_blend(x, s, g, backend=backend), ops.gated_blend(x, s, g, backend=backend))
+
+
+# Run in a fresh process per configuration (CSFR_TRITON_CONFIG is read when the kernels are defined):
+# tail tiles in D and N, a mixed and a blocky label map, fp32 and bf16, the three gate modes.
+_CONFIG_CHECK = """
+import torch
+from opcases import compare_all_ops, compare_gated_blend
+for shape, case in (((3, 72, 17, 19, 19), "blocky"), ((2, 72, 33, 33, 150), "ignore")):
+    for dtype in (torch.float32, torch.bfloat16):
+        compare_all_ops("triton", "cuda", dtype, shape, case)
+for gate in ("pixel", "channel", "full"):
+    compare_gated_blend("triton", "cuda", torch.float32, gate, (2, 24, 33, 35))
+"""
+_CONFIGS = max(len(triton_segment.TILE_BLOCKS), len(triton_blend.BLOCKS)) * len(WARPS)
+
+
+@pytest.mark.parametrize("config", ["autotune", *map(str, range(_CONFIGS))])
+def test_triton_every_configuration(config):
+    """The rest of the suite runs the Triton kernels in configuration 0 (tests/conftest.py); here every
+    configuration of every kernel (index modulo the kernel's count), and autotuning itself: its timing
+    runs must leave nothing in the outputs (reset_to_zero) before the real run."""
+    _backend("triton")
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "CSFR_TRITON_CONFIG": "" if config == "autotune" else config,
+           "PYTHONPATH": os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", _CONFIG_CHECK], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, f"CSFR_TRITON_CONFIG={env['CSFR_TRITON_CONFIG']!r}:\n{proc.stderr[-4000:]}"
 
 
 class _Block(torch.nn.Module):

@@ -12,8 +12,11 @@ import torch
 
 import csfr
 
-BACKENDS = [pytest.param("cpu", id="cpu"), pytest.param("triton", id="triton"),
-            pytest.param("cuda_emulated", id="cuda_emulated")]
+# (backend, device): the CPU-side backends here, the GPU ones on CUDA tensors (marked cuda: run by gpu-check)
+BACKENDS = [pytest.param(("cpu", "cpu"), id="cpu"), pytest.param(("triton", "cpu"), id="triton"),
+            pytest.param(("cuda_emulated", "cpu"), id="cuda_emulated"),
+            pytest.param(("cuda", "cuda"), id="cuda-gpu", marks=pytest.mark.cuda),
+            pytest.param(("triton", "cuda"), id="triton-gpu", marks=pytest.mark.cuda)]
 REL_TOL = 1e-4
 DELTA_V = 0.1
 
@@ -50,11 +53,12 @@ def _terms_and_grads(feats, labels, k, backend):
     return terms.detach(), grads
 
 
-def precision_errors(backend, feats64, labels, k):
-    """Relative errors of `backend` in fp32 against the float64 reference: per term, forward
-    |t - t64| / |t64| and gradient max|g - g64| / max|g64|."""
+def precision_errors(backend, feats64, labels, k, device="cpu"):
+    """Relative errors of `backend` in fp32 on `device` against the float64 reference (on the CPU): per
+    term, forward |t - t64| / |t64| and gradient max|g - g64| / max|g64|."""
     terms64, grads64 = _terms_and_grads(feats64, labels, k, "torch")
-    terms32, grads32 = _terms_and_grads(feats64.float(), labels, k, backend)
+    terms32, grads32 = _terms_and_grads(feats64.float().to(device), labels.to(device), k, backend)
+    terms32, grads32 = terms32.cpu(), [g.cpu() for g in grads32]
     errors = {}
     for j, name in enumerate(("intra", "inter")):
         assert terms64[j] != 0 and grads64[j].abs().max() > 0, f"{name} term inactive: the case tests nothing"
@@ -63,11 +67,16 @@ def precision_errors(backend, feats64, labels, k):
     return errors
 
 
+def _on(backend_device, feats64, labels, k):
+    backend, device = backend_device
+    return backend, feats64, labels, k, device
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("offset", [0.0, 3.0, 10.0, 30.0])
 def test_offset_features_match_float64(backend, offset):
     labels = blocky_labels(2, 8, 12, 5)
-    errors = precision_errors(backend, offset_features(labels, 64, 5, offset, relu=False), labels, 5)
+    errors = precision_errors(*_on(backend, offset_features(labels, 64, 5, offset, relu=False), labels, 5))
     assert max(errors.values()) <= REL_TOL, errors
 
 
@@ -76,5 +85,5 @@ def test_offset_features_match_float64(backend, offset):
 @pytest.mark.parametrize("offset", [0.0, 10.0])
 def test_post_relu_features_match_float64(backend, d, offset):
     labels = blocky_labels(2, 8, 8, 4)
-    errors = precision_errors(backend, offset_features(labels, d, 4, offset, relu=True), labels, 4)
+    errors = precision_errors(*_on(backend, offset_features(labels, d, 4, offset, relu=True), labels, 4))
     assert max(errors.values()) <= REL_TOL, errors

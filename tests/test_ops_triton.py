@@ -87,3 +87,21 @@ def test_sizes_in_one_bucket_share_one_tuning_entry(monkeypatch):
         torch.testing.assert_close(sums, csfr.ops.class_centroids(feats, labels, 4, backend="torch")[0]
                                    * torch.bincount(labels[0], minlength=4)[None, :, None])
     assert len(kernel.cache) == 2 and len(sweeps) == 4  # two buckets, each sweeping two configurations
+
+
+def test_csfr_triton_config_pins_one_configuration(monkeypatch):
+    """CSFR_TRITON_CONFIG=i keeps the i-th (block, warps) pair only, modulo the list; unset, all of them."""
+    from csfr.ops.triton import tuning
+
+    monkeypatch.setattr(tuning, "interpreted", lambda: False)
+    blocks = [{"BLOCK_N": 32}, {"BLOCK_N": 64}]
+    monkeypatch.delenv("CSFR_TRITON_CONFIG", raising=False)
+    every = [(c.kwargs["BLOCK_N"], c.num_warps) for c in tuning.configs(blocks, {"BLOCK_N": 16})]
+    assert every == [(32, 4), (32, 8), (64, 4), (64, 8)]
+    for value, want in (("1", (32, 8)), ("2", (64, 4)), ("5", (32, 8)), ("", None)):
+        monkeypatch.setenv("CSFR_TRITON_CONFIG", value)
+        got = [(c.kwargs["BLOCK_N"], c.num_warps) for c in tuning.configs(blocks, {"BLOCK_N": 16})]
+        assert got == (every if want is None else [want])
+    monkeypatch.setenv("CSFR_TRITON_CONFIG", "fast")
+    with pytest.raises(ValueError, match="CSFR_TRITON_CONFIG must be a configuration index"):
+        tuning.configs(blocks, {"BLOCK_N": 16})

@@ -193,10 +193,13 @@ def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int, wheels: 
 
 
 def bench_steps(py: str, arch: str, wheels: list[Path]) -> list[Step]:
-    """`make gpu-bench`: build, operator benchmark on CUDA, training-step benchmark."""
+    """`make gpu-bench`: build, operator benchmark on CUDA (random, then blocky labels), training-step
+    benchmark."""
     return [
         *build_steps(py, arch, wheels),
         Step("bench_ops --device cuda", [[py, "benchmarks/bench_ops.py", "--device", "cuda"]], 330),
+        Step("bench_ops --device cuda --labels blocky",
+             [[py, "benchmarks/bench_ops.py", "--device", "cuda", "--labels", "blocky"]], 240),
         Step("bench_train_step", [[py, "benchmarks/bench_train_step.py", "--device", "cuda"]], 180),
     ]
 

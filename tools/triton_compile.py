@@ -27,6 +27,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from csfr.ops.triton import blend, segment
+from csfr.ops.triton.tuning import WARPS
 
 ARCHS = {80: 163 * 1024, 90: 227 * 1024}  # opt-in shared memory per block, bytes
 DTYPES = {"fp32": tl.float32, "fp16": tl.float32, "bf16": tl.float32, "fp64": tl.float64}  # data -> acc
@@ -53,13 +54,14 @@ def _signature(fn, pointers: dict[str, str], dtype: str) -> dict[str, str]:
     return sig
 
 
-def _tile(config: triton.Config) -> tuple[dict, int]:
-    return dict(config.kwargs), config.num_warps
+def _every_tile(blocks: list[dict]) -> list[tuple[dict, int]]:
+    """Every (block constexprs, num_warps) an autotuned kernel may run with, whatever CSFR_TRITON_CONFIG pins."""
+    return [(dict(block), warps) for block in blocks for warps in WARPS]
 
 
 def _specs():
     """(kernel name, jit fn, pointer types, variant constexprs, [(block constexprs, num_warps)])."""
-    tile_configs = [_tile(c) for c in segment._segment_sum_kernel.configs]
+    tile_configs = _every_tile(segment.TILE_BLOCKS)
     det_tile = [(dict(segment.DETERMINISTIC_TILE), 4)]
     data = {"feats_ptr": "T", "labels_ptr": "i64"}
     yield "segment_sum", segment._segment_sum_kernel.fn, data, {}, tile_configs
@@ -76,7 +78,7 @@ def _specs():
         {"WEIGHTED": False, "COUNT": False}, sums
     yield "class_sums", segment._class_sums_kernel, {"src_ptr": "T", "labels_ptr": "i64"}, \
         {"WEIGHTED": True, "COUNT": False}, sums
-    blend_configs = [_tile(c) for c in blend._blend_forward_kernel.configs]
+    blend_configs = _every_tile(blend.BLOCKS)
     xs = {"x_ptr": "T", "s_ptr": "T", "g_ptr": "T", "z_ptr": "T"}
     for mode in (blend.FULL, blend.PIXEL, blend.CHANNEL):
         yield "blend_forward", blend._blend_forward_kernel.fn, xs, {"MODE": mode}, blend_configs

@@ -4,7 +4,7 @@
 // A launch runs the grid block by block in a seeded random order. Inside a block every CUDA thread
 // is a cooperative fiber (ucontext, its own stack; never an OS thread) that runs until it reaches a
 // barrier: __syncthreads() (block barrier) or a warp collective (__shfl*_sync, __ballot_sync,
-// __all_sync, __any_sync), where it yields to the block's scheduler. Runnable fibers are resumed in
+// __all_sync, __any_sync, __syncwarp), where it yields to the block's scheduler. Runnable fibers are resumed in
 // a seeded random order, so float atomics are summed in an order that changes with the seed, as on a
 // GPU. A barrier is released only when every thread it needs has arrived; what compute-sanitizer's
 // synccheck would report (a __syncthreads that a live thread of the block never reaches, or reaches
@@ -89,7 +89,7 @@ const dim3& grid_dim();
 // Block barrier; `site` identifies the call site (all threads must meet at one).
 void syncthreads(const char* site);
 
-enum class Collective : int { kShfl = 0, kShflXor = 1, kBallot = 2, kAll = 3, kAny = 4 };
+enum class Collective : int { kShfl = 0, kShflXor = 1, kBallot = 2, kAll = 3, kAny = 4, kSyncWarp = 5 };
 // A warp collective on a 64-bit payload: blocks until every lane of `mask` arrives, returns this lane's
 // result (the source lane's payload for shuffles, the vote for ballot/all/any).
 // `arg` is the source lane (kShfl) or the lane mask (kShflXor); shuffles work within groups of `width` lanes.
@@ -182,6 +182,9 @@ inline int __all_sync(unsigned mask, int predicate) {
 }
 inline int __any_sync(unsigned mask, int predicate) {
   return static_cast<int>(csfr::emu::warp_collective(csfr::emu::Collective::kAny, mask, predicate != 0));
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  csfr::emu::warp_collective(csfr::emu::Collective::kSyncWarp, mask, 0);
 }
 inline int __ffs(unsigned v) { return __builtin_ffs(static_cast<int>(v)); }
 

@@ -184,6 +184,7 @@ const char* collective_name(Collective op) {
     case Collective::kBallot: return "__ballot_sync";
     case Collective::kAll: return "__all_sync";
     case Collective::kAny: return "__any_sync";
+    case Collective::kSyncWarp: return "__syncwarp";
   }
   return "?";
 }
@@ -345,6 +346,7 @@ void settle_warp(Block& blk, Schedule& sched, int w) {
         case Collective::kBallot: g.result = ballot; break;
         case Collective::kAll: g.result = (ballot == (mask & 0xffffffffull)) ? 1 : 0; break;
         case Collective::kAny: g.result = ballot != 0 ? 1 : 0; break;
+        case Collective::kSyncWarp: g.result = 0; break;
       }
     }
     for (int l = 0; l < kWarpSize; ++l)

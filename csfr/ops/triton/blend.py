@@ -15,8 +15,8 @@ import triton.language as tl
 
 from csfr.ops.triton.tuning import acc_dtype, bucket, configs, deterministic, tl_acc
 
-_CONFIGS = configs([{"BLOCK_C": c, "BLOCK_N": n} for c in (4, 16) for n in (128, 256)],
-                   {"BLOCK_C": 4, "BLOCK_N": 16})
+BLOCKS = [{"BLOCK_C": c, "BLOCK_N": n} for c in (4, 16) for n in (128, 256)]
+_CONFIGS = configs(BLOCKS, {"BLOCK_C": 4, "BLOCK_N": 16})
 _KEY = ["c_bucket", "n_bucket", "MODE"]
 DETERMINISTIC_TILE = {"BLOCK_C": 16, "BLOCK_N": 128}
 

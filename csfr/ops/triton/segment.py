@@ -20,8 +20,8 @@ import triton.language as tl
 
 from csfr.ops.triton.tuning import acc_dtype, bucket, configs, deterministic, tl_acc
 
-_TILE_CONFIGS = configs([{"BLOCK_N": n, "BLOCK_D": d} for n in (32, 64, 128) for d in (32, 64)],
-                        {"BLOCK_N": 16, "BLOCK_D": 16})
+TILE_BLOCKS = [{"BLOCK_N": n, "BLOCK_D": d} for n in (32, 64, 128) for d in (32, 64)]
+_TILE_CONFIGS = configs(TILE_BLOCKS, {"BLOCK_N": 16, "BLOCK_D": 16})
 _TILE_KEY = ["d_bucket", "n_bucket", "k_bucket"]
 # the fixed tile of the deterministic path (autotuning could pick another summation order per run)
 DETERMINISTIC_TILE = {"BLOCK_N": 32, "BLOCK_D": 32}
