@@ -182,7 +182,7 @@ def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int, wheels: 
     xdist = ["-n", str(workers)] if workers else []
     return [
         *build_steps(py, arch, wheels),
-        Step("pytest -m cuda", [[py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *xdist]], 240,
+        Step("pytest -m cuda", [[py, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", "-p", "no:benchmark", *xdist]], 300,
              env={"OMP_NUM_THREADS": "2"} if workers else {}, lane="tests"),
         Step("kernel driver", [compile_driver, [driver]], 120, check=driver_check, lane="kernels"),
         *(sanitize(tool) for tool in SANITIZER_TOOLS),
