@@ -27,7 +27,7 @@ import torch
 
 import csfr
 from csfr.ops import reference
-from csfr.profiling import device_description, median_ms, peak_extra_bytes
+from csfr.profiling import device_description, median_ms, peak_extra_bytes, top_kernels
 
 IGNORE = 255
 # --labels blocky: square regions of one class, this many pixels a side; 32 consecutive pixels of a
@@ -155,7 +155,7 @@ def copy_bandwidth(numel: int, dtype: torch.dtype, device: torch.device, repeat:
     return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
-def run_case(case: Case, backends: list[str], repeat: int, copy_gbs: float) -> list[dict]:
+def run_case(case: Case, backends: list[str], repeat: int, copy_gbs: float, profile: bool = False) -> list[dict]:
     inputs = case.inputs()
     rows = []
     for name, fn in implementations(case, backends).items():
@@ -163,6 +163,8 @@ def run_case(case: Case, backends: list[str], repeat: int, copy_gbs: float) -> l
         ms = median_ms(run, case.device, repeat)
         rows.append({"impl": name, "ms": ms, "gbs": case.bytes_moved() / ms / 1e6,
                      "mem": peak_extra_bytes(run, case.device)})
+        if profile and name not in ("eager", "index_add_"):  # the fused backends and what inductor made
+            rows[-1]["kernels"] = top_kernels(run, case.device)
         print(f"  {case.op:16s} {case.label:24s} {name:11s} {ms:9.2f} ms", flush=True)
     eager = rows[0]["ms"]
     compiled = rows[1]["ms"]
@@ -183,6 +185,18 @@ def markdown(results: list[tuple[Case, list[dict]]], title: str, copy_gbs: float
             mem = "n/a" if row["mem"] is None else f"{row['mem'] / 2**20:.1f}"
             lines.append(f"| {case.op} | {case.label} | {row['impl']} | {row['ms']:.2f} | {row['vs_eager']:.2f} | "
                          f"{row['vs_compile']:.2f} | {row['gbs']:.1f} | {100 * row['copy_share']:.0f} | {mem} |")
+    profiled = [(case, row) for case, rows in results for row in rows if "kernels" in row]
+    if profiled:
+        what = "GPU kernels" if profiled[0][0].device.type == "cuda" else "operators"
+        lines += ["", (f"Where the time goes (`--profile`: torch.profiler over 5 forward + backward runs; per run, "
+                       f"the most expensive {what} by self time; their sum can pass the median, the profiler "
+                       "adds its own overhead):"), "",
+                  "| op | shape | impl | kernel | ms | calls | share of the median |", "|---|---|---|---|---:|---:|---:|"]
+        for case, row in profiled:
+            for k in row["kernels"]:
+                name = k["name"] if len(k["name"]) <= 60 else k["name"][:57] + "..."
+                lines.append(f"| {case.op} | {case.label} | {row['impl']} | `{name.replace('|', '/')}` | "
+                             f"{k['ms']:.3f} | {k['calls']:g} | {100 * k['ms'] / row['ms']:.0f} % |")
     return "\n".join(lines) + "\n"
 
 
@@ -278,6 +292,9 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="feature dtype (default float32)")
     parser.add_argument("--repeat", type=int, default=10, help="timed runs per measurement; the median is kept")
+    parser.add_argument("--profile", action="store_true",
+                        help="also list, per fused backend and torch.compile, the kernels (GPU) or operators (CPU) "
+                             "that take the time, from torch.profiler")
     parser.add_argument("--quick", action="store_true",
                         help="tiny shapes and 2 runs: checks the script works; prints the table and writes "
                              "no results file unless --out is given")
@@ -307,7 +324,7 @@ def main(argv=None) -> None:
     cases = [Case(op, shape, dtype, device, args.labels) for op in args.ops for shape in shapes]
     results = []
     for case in cases:
-        results.append((case, run_case(case, backends, args.repeat, copy_gbs)))
+        results.append((case, run_case(case, backends, args.repeat, copy_gbs, args.profile)))
         section = markdown(results, title, copy_gbs, args)
         if len(results) < len(cases):  # rewritten after every case: a run stopped at a time limit keeps its rows
             section += f"\nIncomplete: {len(results)} of {len(cases)} cases measured so far.\n"

@@ -1,4 +1,4 @@
-"""Timing and peak-memory measurement shared by the benchmarks and the memory tests."""
+"""Timing, peak-memory measurement and per-kernel time, shared by the benchmarks and the memory tests."""
 
 from __future__ import annotations
 
@@ -31,6 +31,30 @@ def median_ms(fn: Callable[[], object], device: torch.device, repeat: int, warmu
         _sync(device)
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def top_kernels(fn: Callable[[], object], device: torch.device, runs: int = 5, top: int = 4) -> list[dict]:
+    """Where fn()'s time goes, by torch.profiler over `runs` calls after one warm-up: the `top` most
+    expensive GPU kernels on a CUDA device (operators on the CPU), each with its self time and call
+    count per call of fn (name, ms, calls)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = device.type == "cuda"
+    fn()
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]) as prof:
+        for _ in range(runs):
+            fn()
+        _sync(device)
+    rows = []
+    for event in prof.key_averages():
+        if gpu and event.device_type != DeviceType.CUDA:
+            continue  # an operator's device time is its kernels', listed on their own
+        us = event.self_device_time_total if gpu else event.self_cpu_time_total
+        if us > 0:
+            rows.append({"name": event.key, "ms": us / 1e3 / runs, "calls": event.count / runs})
+    return sorted(rows, key=lambda row: -row["ms"])[:top]
 
 
 def _proc_status(key: str) -> int:

@@ -155,3 +155,18 @@ def test_blocky_labels_are_regions_of_one_class():
         return float((y[:, :, 1:] != y[:, :, :-1]).float().mean())
 
     assert changes(labels) < 0.1 and changes(random) > 0.8
+
+
+def test_profile_lists_where_the_time_goes(tmp_path):
+    bench = load("bench_ops")
+    out = tmp_path / "RESULTS.md"
+    bench.main(["--quick", "--profile", "--ops", "class_centroids", "--out", str(out)])
+    text = out.read_text()
+    assert "Where the time goes (`--profile`" in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| class_centroids")
+            and line.count("|") == 8 and "`" in line]
+    impls = {row[2].strip() for row in rows}
+    assert impls == {"compile", "cpu"}  # eager and index_add_ are not profiled
+    cpu_ops = [row[3].strip("` ") for row in rows if row[2].strip() == "cpu"]
+    assert any(name.startswith("csfr::") for name in cpu_ops), cpu_ops  # the fused kernel shows by name
+    assert all(float(row[4]) > 0 and float(row[5]) > 0 for row in rows)

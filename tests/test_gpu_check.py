@@ -88,8 +88,8 @@ def test_bench_dry_run_lists_the_steps_in_order():
     steps = dry_run("bench")
     assert [name for name, _ in steps] == ["build", "bench_ops --device cuda", "bench_ops --device cuda --labels blocky",
                                            "bench_train_step"]
-    assert steps[1][1][0].endswith("benchmarks/bench_ops.py --device cuda")
-    assert steps[2][1][0].endswith("benchmarks/bench_ops.py --device cuda --labels blocky")
+    assert steps[1][1][0].endswith("benchmarks/bench_ops.py --device cuda --profile")
+    assert steps[2][1][0].endswith("benchmarks/bench_ops.py --device cuda --labels blocky --profile")
     assert steps[3][1][0].endswith("benchmarks/bench_train_step.py --device cuda")
 
 

@@ -197,9 +197,9 @@ def bench_steps(py: str, arch: str, wheels: list[Path]) -> list[Step]:
     benchmark."""
     return [
         *build_steps(py, arch, wheels),
-        Step("bench_ops --device cuda", [[py, "benchmarks/bench_ops.py", "--device", "cuda"]], 330),
+        Step("bench_ops --device cuda", [[py, "benchmarks/bench_ops.py", "--device", "cuda", "--profile"]], 330),
         Step("bench_ops --device cuda --labels blocky",
-             [[py, "benchmarks/bench_ops.py", "--device", "cuda", "--labels", "blocky"]], 240),
+             [[py, "benchmarks/bench_ops.py", "--device", "cuda", "--labels", "blocky", "--profile"]], 240),
         Step("bench_train_step", [[py, "benchmarks/bench_train_step.py", "--device", "cuda"]], 180),
     ]
 
