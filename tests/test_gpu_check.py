@@ -200,10 +200,10 @@ def test_sanitizer_findings(gpu_check, tool, output, finding):
 def test_summary_names_the_device_and_every_step(gpu_check):
     results = [{"step": "build", "status": "ok", "seconds": 61.4, "why": ""},
                {"step": "pytest -m cuda", "status": "FAIL", "seconds": 12.0, "why": "exit status 1"}]
-    text = gpu_check.summary("check", "NVIDIA H100 80GB HBM3 (sm_90)", results, ["| extra |"])
+    text = gpu_check.summary("check", "NVIDIA H100 80GB HBM3 (sm_90)", results, ["| extra |"], 65.2)
     assert text.startswith("# make gpu-check: NVIDIA H100 80GB HBM3 (sm_90)\n")
     assert "| build | ok | 61 |  |" in text and "| pytest -m cuda | FAIL | 12 | exit status 1 |" in text
-    assert "73 s in all" in text and text.endswith("| extra |\n")
+    assert "65 s of wall time" in text and text.endswith("| extra |\n")
 
 
 def test_train_report_puts_gpu_next_to_cpu(gpu_check, tmp_path):
