@@ -3,7 +3,7 @@
 Real C-S features share a large mean vector, so centroid distances computed through
 |a|^2 + |c|^2 - 2 a.c, or gradients through sum(coef f) - sum(coef) mu, cancel catastrophically
 in fp32. Every fused backend must stay within 1e-4 relative of the float64 reference, forward
-and gradient of each term, for offsets 0 to 30. `precision_errors` takes the backend name, so a
+and gradient of each term, for offsets 0 to 30. `precision_errors` takes a (backend, device) pair, so a
 new backend joins by adding it to BACKENDS.
 """
 
@@ -53,9 +53,10 @@ def _terms_and_grads(feats, labels, k, backend):
     return terms.detach(), grads
 
 
-def precision_errors(backend, feats64, labels, k, device="cpu"):
-    """Relative errors of `backend` in fp32 on `device` against the float64 reference (on the CPU): per
-    term, forward |t - t64| / |t64| and gradient max|g - g64| / max|g64|."""
+def precision_errors(backend_device, feats64, labels, k):
+    """Relative errors of a (backend, device) pair in fp32 against the float64 reference (on the CPU):
+    per term, forward |t - t64| / |t64| and gradient max|g - g64| / max|g64|."""
+    backend, device = backend_device
     terms64, grads64 = _terms_and_grads(feats64, labels, k, "torch")
     terms32, grads32 = _terms_and_grads(feats64.float().to(device), labels.to(device), k, backend)
     terms32, grads32 = terms32.cpu(), [g.cpu() for g in grads32]
@@ -67,16 +68,11 @@ def precision_errors(backend, feats64, labels, k, device="cpu"):
     return errors
 
 
-def _on(backend_device, feats64, labels, k):
-    backend, device = backend_device
-    return backend, feats64, labels, k, device
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("offset", [0.0, 3.0, 10.0, 30.0])
 def test_offset_features_match_float64(backend, offset):
     labels = blocky_labels(2, 8, 12, 5)
-    errors = precision_errors(*_on(backend, offset_features(labels, 64, 5, offset, relu=False), labels, 5))
+    errors = precision_errors(backend, offset_features(labels, 64, 5, offset, relu=False), labels, 5)
     assert max(errors.values()) <= REL_TOL, errors
 
 
@@ -85,5 +81,5 @@ def test_offset_features_match_float64(backend, offset):
 @pytest.mark.parametrize("offset", [0.0, 10.0])
 def test_post_relu_features_match_float64(backend, d, offset):
     labels = blocky_labels(2, 8, 8, 4)
-    errors = precision_errors(*_on(backend, offset_features(labels, d, 4, offset, relu=True), labels, 4))
+    errors = precision_errors(backend, offset_features(labels, d, 4, offset, relu=True), labels, 4)
     assert max(errors.values()) <= REL_TOL, errors
