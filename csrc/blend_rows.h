@@ -18,7 +18,7 @@ inline float vexp(float v) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  return p * std::bit_cast<float>((n + 127) << 23);
+  return p * c10::bit_cast<float>((n + 127) << 23);
 }
 
 inline double vexp(double v) { return std::exp(v); }

@@ -14,10 +14,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <c10/util/bit_cast.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -31,7 +31,15 @@ namespace {
 
 using at::Tensor;
 
+// A CUDA operand among CPU ones would dispatch here (the CPU key wins for some mixes) and be read through
+// its device pointer: refuse it by name.
+void check_cpu(const Tensor& t, const char* op, const char* name) {
+  TORCH_CHECK(t.is_cpu(), op, ": ", name, " must be a CPU tensor like the others, got one on ", t.device());
+}
+
 void check_feats_labels(const Tensor& feats, const Tensor& labels, const char* op) {
+  check_cpu(feats, op, "features");
+  check_cpu(labels, op, "labels");
   TORCH_CHECK(feats.dim() == 3, op, ": features must be [B, D, N], got ", feats.sizes());
   TORCH_CHECK(labels.dim() == 2 && labels.size(0) == feats.size(0) && labels.size(1) == feats.size(2),
               op, ": labels must be [B, N] = [", feats.size(0), ", ", feats.size(2), "], got ",
@@ -207,6 +215,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cac_pixel_pass_cpu(const Tensor& feat
                                                               int64_t ignore_index) {
   check_feats_labels(feats, labels, "cac_pixel_pass");
   const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
+  check_cpu(mu, "cac_pixel_pass", "mu");
   TORCH_CHECK(mu.dim() == 3 && mu.size(0) == B && mu.size(2) == D, "cac_pixel_pass: mu must be [B, K, D]");
   TORCH_CHECK(mu.scalar_type() == acc_type(feats), "cac_pixel_pass: mu must be ", acc_type(feats));
   const int64_t K = mu.size(1);
@@ -226,6 +235,10 @@ Tensor pixel_grad_cpu(const Tensor& feats, const Tensor& labels, const Tensor& g
                       const std::optional<Tensor>& a) {
   check_feats_labels(feats, labels, "pixel_grad");
   const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
+  check_cpu(g, "pixel_grad", "g");
+  if (mu) check_cpu(*mu, "pixel_grad", "mu");
+  if (coef) check_cpu(*coef, "pixel_grad", "coef");
+  if (a) check_cpu(*a, "pixel_grad", "a");
   TORCH_CHECK(g.dim() == 3 && g.size(0) == B && g.size(2) == D, "pixel_grad: g must be [B, K, D]");
   TORCH_CHECK(g.scalar_type() == acc_type(feats), "pixel_grad: g must be ", acc_type(feats));
   const int64_t K = g.size(1);
@@ -275,6 +288,9 @@ Tensor pixel_grad_cpu(const Tensor& feats, const Tensor& labels, const Tensor& g
 enum class GateMode { kFull, kPixel, kChannel };
 
 GateMode check_blend(const Tensor& x, const Tensor& s, const Tensor& g, const char* op) {
+  check_cpu(x, op, "x");
+  check_cpu(s, op, "s");
+  check_cpu(g, op, "g");
   TORCH_CHECK(x.dim() == 3 && x.sizes() == s.sizes(), op, ": x and s must be [B, C, N] of one shape");
   TORCH_CHECK(x.scalar_type() == s.scalar_type() && x.scalar_type() == g.scalar_type(), op,
               ": x, s, g must share a dtype");
@@ -412,6 +428,7 @@ void blend_backward_impl(const Tensor& dz, const Tensor& x, const Tensor& s, con
 std::tuple<Tensor, Tensor, Tensor> blend_backward_cpu(const Tensor& dz, const Tensor& x, const Tensor& s,
                                                       const Tensor& g) {
   const GateMode mode = check_blend(x, s, g, "blend_backward");
+  check_cpu(dz, "blend_backward", "grad_z");
   TORCH_CHECK(dz.sizes() == x.sizes() && dz.scalar_type() == x.scalar_type() && dz.is_contiguous(),
               "blend_backward: grad_z must match x");
   Tensor dx = at::empty_like(x), ds = at::empty_like(s), dg = at::empty_like(g);  // every mode writes all of dg

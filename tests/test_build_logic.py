@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import types
 from pathlib import Path
 
@@ -149,3 +151,35 @@ def test_build_requirements_leave_torch_out():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
     assert not any(r.split(">")[0].split("=")[0].strip() == "torch" for r in requires)
+
+
+@pytest.mark.parametrize("cuda", [None, "13.0"])
+def test_host_compiler_standard_is_torchs_own(setup_py, fake_cuda_home, cuda):
+    """No -std in the C++ flags, so cpp_extension's (the standard torch was built with) applies: a
+    C++20 build against torch 2.11 (built as C++17) crashed on the GPU machine whenever a failed
+    TORCH_CHECK printed a tensor's sizes."""
+    torch, ext, made = _fake_torch(cuda, gpus=1, cuda_home=fake_cuda_home)
+    setup_py.extensions(torch, ext)
+    assert not [f for f in made["extra_compile_args"]["cxx"] if f.startswith("-std")]
+
+
+@pytest.mark.parametrize("std", ["c++17", "c++20"])
+def test_host_sources_compile_as_cpp17_and_cpp20(std):
+    """What cpp_extension may pick: torch 2.11 builds as C++17, torch 2.13 as C++20."""
+    torch = pytest.importorskip("torch")
+    from torch.utils import cpp_extension
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("needs a C++ compiler")
+    includes = [f"-I{p}" for p in cpp_extension.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
+    for src in (ROOT / "csrc" / "cpu_kernels.cpp", ROOT / "csrc" / "ops.cpp"):
+        proc = subprocess.run([cxx, f"-std={std}", "-fsyntax-only", "-fopenmp", *includes, str(src)],
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, f"{src.name} as {std} (torch {torch.__version__}):\n{proc.stderr[-3000:]}"
+    # the CUDA emulation (csfr.ops.emulation) builds its runtime and the kernels with the same standard
+    emulated = [ROOT / "csrc" / "emulation" / "runtime.cpp", *sorted((ROOT / "kernels").glob("*.cu"))]
+    for src in emulated:
+        proc = subprocess.run([cxx, f"-std={std}", "-fsyntax-only", "-x", "c++", "-DCSFR_EMULATION",
+                               f"-I{ROOT / 'csrc' / 'emulation'}", f"-I{ROOT / 'kernels'}", str(src)],
+                              capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, f"{src.name} (emulated) as {std}:\n{proc.stderr[-3000:]}"

@@ -102,7 +102,8 @@ def _build(name: str, sources: list[str], build_dir: Path, flags: list[str], ldf
 
 
 def _flags(sanitized: bool) -> tuple[list[str], list[str]]:
-    common = ["-std=c++20", "-Wno-unknown-pragmas", "-fno-strict-aliasing"]
+    # no -std: cpp_extension's, torch's own (setup.py says why)
+    common = ["-Wno-unknown-pragmas", "-fno-strict-aliasing"]
     common += [*_SANITIZE, "-O1", "-g"] if sanitized else ["-O2"]
     return common, (list(_SANITIZE) if sanitized else [])
 

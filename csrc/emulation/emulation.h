@@ -67,6 +67,15 @@ enum cudaFuncAttribute : int { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 }
 namespace csfr {
 namespace emu {
 
+// std::bit_cast without C++20: the emulation builds with the language standard torch was built with.
+template <typename To, typename From>
+inline To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast between types of different sizes");
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
+}
+
 // The device the emulation models (H100, sm_90): what cudaDeviceGetAttribute answers and what a
 // launch is checked against.
 constexpr int kWarpSize = 32;
