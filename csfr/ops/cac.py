@@ -23,104 +23,88 @@ from csfr.ops.checks import (
 from csfr.ops.dispatch import kernels, resolve
 
 
-def _centred(mu: Tensor, present: Tensor) -> Tensor:
-    """Centroids minus the mean of each image's present centroids (absent rows 0).
+def _class_part(mu: Tensor, counts: Tensor, inv_counts: Tensor, hinge: Tensor, wsum: Tensor,
+                delta_d: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Everything of the loss that lives on the classes ([B, K] and [B, K, D], small and dense), from
+    the kernels' per-class results, in one go so that the backward is a handful of operations:
+    the (intra, inter) terms [2]; a_unit [B, K], the factor a[y] of the direct gradient
+    a[y_i] coef_i (f_i - mu[y_i]) per unit upstream gradient of intra; g_intra and g_inter [B, K, D],
+    the gradient reaching the pixels of each class through its centroid per unit upstream gradient
+    of each term (already divided by the class counts).
 
-    Distances and the inter gradient are translation invariant; real (post-ReLU) features share
-    a large common offset, which would otherwise cancel catastrophically in the Gram matrix.
+    The centroids are centred on the mean of each image's present centroids first: distances and the
+    inter gradient are translation invariant, and real (post-ReLU) features share a large common
+    offset that would otherwise cancel catastrophically in the Gram matrix.
     """
-    weight = present.unsqueeze(-1).to(mu.dtype)
-    centre = (mu * weight).sum(1, keepdim=True) / weight.sum(1, keepdim=True).clamp_min(1)
-    return (mu - centre) * weight
+    present = (counts > 0).to(mu.dtype)
+    n = present.sum(1)  # classes present in each image
+    inv_n = n.clamp_min(1).reciprocal()
+    has_intra, has_inter = n.clamp(max=1), (n - 1).clamp(0, 1)  # images with >= 1, >= 2 classes
+    n_intra, n_inter = has_intra.sum().clamp_min(1), has_inter.sum().clamp_min(1)
+    intra = ((hinge * inv_counts).sum(1) * inv_n * has_intra).sum() / n_intra
 
+    weight = present.unsqueeze(-1)
+    centred = (mu - (mu * weight).sum(1, keepdim=True) * inv_n[:, None, None]) * weight
+    sq = centred.square().sum(-1)
+    # distances via the Gram matrix: no [B, K, K, D] tensor
+    d2 = torch.baddbmm(sq.unsqueeze(2) + sq.unsqueeze(1), centred, centred.transpose(1, 2), alpha=-2)
+    dist = d2.clamp_min(0).sqrt()
+    pair = present.unsqueeze(2) * present.unsqueeze(1)  # distinct present classes
+    pair.diagonal(dim1=1, dim2=2).zero_()
+    gap = (2 * delta_d - dist).clamp_min(0) * pair
+    pairs = (n * (n - 1)).clamp_min(1)
+    inter = (gap.square().sum((1, 2)) / pairs * has_inter).sum() / n_inter
+    # d(inter)/d(mu): each ordered pair (a, c) pulls with weight -2 gap / dist, and both orders count
+    w = torch.where(dist > 0, gap / dist, 0) * (-2 * has_inter / (n_inter * pairs))[:, None, None]
+    g_inter = 2 * (centred * w.sum(2, keepdim=True) - w @ centred) * inv_counts.unsqueeze(-1)
 
-def _pair_distances(mu: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
-    """Distances [B,K,K] between centred centroids `mu` (via their Gram matrix, so no [B,K,K,D]
-    tensor) and the mask of distinct present pairs."""
-    sq = (mu * mu).sum(-1)
-    d2 = (sq.unsqueeze(2) + sq.unsqueeze(1) - 2 * mu @ mu.transpose(1, 2)).clamp_min(0)
-    pair = present.unsqueeze(2) & present.unsqueeze(1)
-    pair &= ~torch.eye(mu.shape[1], dtype=torch.bool, device=mu.device)
-    return d2.sqrt() * pair, pair
-
-
-def _image_weights(present: Tensor, min_classes: int) -> tuple[Tensor, Tensor]:
-    """Images where a term is defined (>= min_classes present) and their count (>= 1)."""
-    defined = present.sum(1) >= min_classes
-    return defined, defined.sum().clamp_min(1)
-
-
-def _terms(mu: Tensor, counts: Tensor, hinge: Tensor, delta_d: float) -> Tensor:
-    present = counts > 0
-    n_present = present.sum(1)
-    has_intra, n_intra = _image_weights(present, 1)
-    intra_img = (hinge / counts.clamp_min(1)).sum(1) / n_present.clamp_min(1)
-    dist, pair = _pair_distances(_centred(mu, present), present)
-    has_inter, n_inter = _image_weights(present, 2)
-    push = (torch.clamp(2 * delta_d - dist, min=0) ** 2 * pair).sum((1, 2))
-    inter_img = push / (n_present * (n_present - 1)).clamp_min(1)
-    return torch.stack([(intra_img * has_intra).sum() / n_intra, (inter_img * has_inter).sum() / n_inter])
-
-
-def _inter_grad(mu: Tensor, counts: Tensor, delta_d: float) -> Tensor:
-    """d(inter)/d(mu) [B,K,D]: each ordered pair pulls with weight -2 hinge / dist."""
-    present = counts > 0
-    n_present = present.sum(1)
-    mu = _centred(mu, present)
-    dist, pair = _pair_distances(mu, present)
-    has_inter, n_inter = _image_weights(present, 2)
-    scale = has_inter / (n_inter * (n_present * (n_present - 1)).clamp_min(1))
-    active = pair & (dist > 0) & (dist < 2 * delta_d)
-    w = torch.where(active, -2 * (2 * delta_d - dist) / torch.where(active, dist, 1.0), 0.0)
-    w = w * scale[:, None, None]
-    # both orders (a,c) and (c,a) contribute: 2 * sum_c w_ac (mu_a - mu_c)
-    return 2 * (mu * w.sum(2, keepdim=True) - w @ mu)
+    a_unit = present * (has_intra * inv_n).unsqueeze(1) * inv_counts / n_intra
+    # through mu, intra reaches the pixels with -a[c] wsum[c] / n_c (wsum = sum of coef_i (f_i - mu))
+    g_intra = -(a_unit * inv_counts).unsqueeze(-1) * wsum
+    return torch.stack([intra, inter]), a_unit, g_intra, g_inter
 
 
 @torch.library.custom_op("csfr::cac_loss_terms", mutates_args=())
 def _cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float, delta_d: float,
                ignore_index: int, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """feats [B,D,N] contiguous (see `flat_features`), labels [B,*sp]."""
+    """feats [B,D,N] contiguous (see `flat_features`), labels [B,*sp]. Returns the terms and what
+    the backward needs (`_class_part`)."""
     check_label_values(labels, num_classes, ignore_index, "cac_loss")
     k = kernels(backend)
     y = flat_labels(labels)
     sums, counts = k.segment_sum(feats, y, num_classes, ignore_index)
     check_finite_sums(sums, "cac_loss")
-    mu = (sums / counts.clamp_min(1).unsqueeze(-1)).contiguous()
-    coef, hinge, wsum, wcount = k.cac_pixel_pass(feats, y, mu, delta_v, ignore_index)
-    terms = nan_unless_finite(_terms(mu, counts, hinge, delta_d), sums)
-    return terms, mu, counts, coef, wsum, wcount
+    inv_counts = counts.clamp_min(1).reciprocal()
+    mu = (sums * inv_counts.unsqueeze(-1)).contiguous()
+    coef, hinge, wsum, _ = k.cac_pixel_pass(feats, y, mu, delta_v, ignore_index)
+    terms, a_unit, g_intra, g_inter = _class_part(mu, counts, inv_counts, hinge, wsum, delta_d)
+    return nan_unless_finite(terms, sums), mu, coef, a_unit, g_intra, g_inter
 
 
 @_cac_terms.register_fake
 def _(feats, labels, num_classes, delta_v, delta_d, ignore_index, backend):
     b, d, n = feats.shape
     acc = acc_dtype(feats.dtype)
-    return (feats.new_empty(2, dtype=acc), feats.new_empty(b, num_classes, d, dtype=acc),
-            feats.new_empty(b, num_classes, dtype=acc), feats.new_empty(b, n, dtype=acc),
-            feats.new_empty(b, num_classes, d, dtype=acc), feats.new_empty(b, num_classes, dtype=acc))
+    per_class = feats.new_empty(b, num_classes, d, dtype=acc)
+    return (feats.new_empty(2, dtype=acc), per_class, feats.new_empty(b, n, dtype=acc),
+            feats.new_empty(b, num_classes, dtype=acc), torch.empty_like(per_class), torch.empty_like(per_class))
 
 
 def _setup_context(ctx, inputs, output):
-    feats, labels, _, _, delta_d, ignore_index, backend = inputs
-    _, mu, counts, coef, wsum, _ = output
-    ctx.save_for_backward(feats, labels, mu, counts, coef, wsum)
-    ctx.delta_d, ctx.ignore_index, ctx.backend = delta_d, ignore_index, backend
+    feats, labels, _, _, _, ignore_index, backend = inputs
+    ctx.save_for_backward(feats, labels, *output[1:])
+    ctx.ignore_index, ctx.backend = ignore_index, backend
     ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for those five outputs
 
 
 def _backward(ctx, grad_terms, *_):
-    feats, labels, mu, counts, coef, wsum = ctx.saved_tensors
-    go = grad_terms.to(mu.dtype)
-    present = counts > 0
-    has_intra, n_intra = _image_weights(present, 1)
-    # d(intra)/d(f_i) direct part is a[y_i] * coef_i * (f_i - mu[y_i])
-    a = go[0] * has_intra.unsqueeze(1) * present / (
-        n_intra * present.sum(1, keepdim=True).clamp_min(1) * counts.clamp_min(1))
-    # gradient reaching the centroids, from intra (through mu: wsum = sum coef_i (f_i - mu)) and from inter
-    g_mu = -a.unsqueeze(-1) * wsum + go[1] * _inter_grad(mu, counts, ctx.delta_d)
-    g = (g_mu / counts.clamp_min(1).unsqueeze(-1)).contiguous()
-    dfeats = pixel_grad(feats, labels, g, ctx.ignore_index, ctx.backend, mu, coef, a.contiguous())
+    feats, labels, mu, coef, a_unit, g_intra, g_inter = ctx.saved_tensors
+    if grad_terms is None:  # grads are not materialised (setup_context): none reached the terms
+        return None, None, None, None, None, None, None
+    go_intra, go_inter = grad_terms.to(mu.dtype).unbind()
+    g = torch.addcmul(go_intra * g_intra, go_inter, g_inter)
+    dfeats = pixel_grad(feats, labels, g, ctx.ignore_index, ctx.backend, mu, coef, go_intra * a_unit)
     return dfeats, None, None, None, None, None, None
 
 

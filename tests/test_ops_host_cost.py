@@ -1,0 +1,59 @@
+"""The host cost of the fused operators: operations dispatched per forward + backward.
+
+On a GPU the fused cac_loss is bound by the host (docs/benchmarks.md: its kernels take a fifth of
+its time at the Cityscapes shape; the rest is launching ~100 small dense operations on the class
+centroids). Each operation dispatched is a kernel launch there, so their count, which the CPU
+shows just as well, is what these tests hold down.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from csfr import ops
+
+pytestmark = pytest.mark.skipif(ops.backends()["cpu"] != "available", reason="needs the C++ extension")
+
+
+def _outermost_ops(fn) -> list[str]:
+    """The aten operations fn() dispatches from Python or from a custom op, not those nested in others."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events()
+            if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+
+
+def _inputs():
+    torch.manual_seed(0)
+    feats = (torch.rand(2, 8, 8, 8) + 5).requires_grad_(True)
+    return feats, torch.randint(0, 5, (2, 8, 8))
+
+
+# measured with torch 2.13: 131 and 34 (cac_loss: 190 before its class part moved into the forward); a margin for other torch versions' decompositions
+@pytest.mark.parametrize("op, limit", [("cac_loss", 150), ("class_centroids", 40)])
+def test_fused_forward_backward_dispatches_few_operations(op, limit):
+    feats, labels = _inputs()
+    if op == "cac_loss":
+        def run():
+            ops.cac_loss(feats, labels, 5, backend="cpu").backward()
+    else:
+        def run():
+            ops.class_centroids(feats, labels, 5, backend="cpu")[0].sum().backward()
+    run()
+    names = _outermost_ops(run)
+    assert len(names) <= limit, f"{op} forward + backward dispatches {len(names)} operations (limit {limit})"
+
+
+def test_cac_backward_is_pixel_grad_and_a_few_operations():
+    """The class part is computed in the forward: the custom op's backward adds at most 6 operations
+    to the pixel_grad kernel (it once recomputed the inter-class term: 85)."""
+    feats, labels = _inputs()
+    loss = ops.cac_loss(feats, labels, 5, backend="cpu")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        loss.backward()
+    inside = [e.name for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is not None
+              and e.cpu_parent.name.startswith("GeneratedBackwardFor_csfr_cac_loss_terms") and "Backward" in
+              e.cpu_parent.name.removeprefix("GeneratedBackwardFor")]
+    assert 0 < len(inside) <= 6, inside
