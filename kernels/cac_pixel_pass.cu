@@ -13,7 +13,8 @@
 //    features cost about one DRAM read. Images are visited in reverse order of segment_sum (which runs
 //    just before) so the image segment_sum read last, still in L2, is the first one read here.
 //  - Each channel's 32 weighted values are folded per class with a warp reduction (one butterfly per
-//    distinct class in the warp, usually one), so global atomics are one per warp, class and channel.
+//    distinct class in the warp, usually one), so global atomics are one per warp, class and channel;
+//    a warp of more than two classes adds one atomic per lane instead (warp_class_add).
 //  - Warps whose 32 pixels all lie within the margin (coef = 0, common once training converges) skip
 //    the second read entirely.
 // Deterministic mode (no float atomics): the kernel only writes each pixel's coef and h^2; the class
@@ -68,8 +69,9 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
       if (i < N) h2[b * N + i] = h * h;
     } else {
       s_coef[lane] = c;
-      warp_segment_add(k, h * h, [&](int kk, A t) { atomicAdd(hinge + b * K + kk, t); });
-      warp_segment_add(k, c, [&](int kk, A t) { atomicAdd(wcount + b * K + kk, t); });
+      const bool few = warp_few_classes(k);
+      warp_class_add(few, k, h * h, [&](int kk, A t) { atomicAdd(hinge + b * K + kk, t); });
+      warp_class_add(few, k, c, [&](int kk, A t) { atomicAdd(wcount + b * K + kk, t); });
     }
   }
   if (kDet) return;  // every thread: the class sums are reduced by segment_sum_weighted
@@ -79,10 +81,11 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
   const A c = s_coef[lane];
   if (!__any_sync(kFullMask, c != A(0))) return;
   const int kc = c != A(0) ? k : -1;  // pixels with zero weight add nothing
+  const bool few = warp_few_classes(kc);
   A* ws = wsum + b * K * D;
   for (int64_t d = grp; d < D; d += kGroups) {
     const A v = kc >= 0 ? c * (to_acc(fi[d * N]) - mu[(b * K + kc) * D + d]) : A(0);
-    warp_segment_add(kc, v, [&](int kk, A t) { atomicAdd(ws + kk * D + d, t); });
+    warp_class_add(few, kc, v, [&](int kk, A t) { atomicAdd(ws + kk * D + d, t); });
   }
 }
 

@@ -6,7 +6,8 @@
 //  - Labels are spatially coherent: a warp usually sees one class for many consecutive steps. Each
 //    thread keeps a register run (kDT partial sums) while its warp stays on one class, so the common
 //    step is a load and an add; a run is folded into the block's K x kDT shared-memory table only
-//    when the class changes, with one warp reduction per distinct class (warp_segment_add).
+//    when the class changes, with one warp reduction per distinct class (warp_segment_add), or, when
+//    a warp holds more than two classes and the table takes atomics, one shared atomic per lane.
 //  - Only after all its pixels does the block add its non-zero table entries to global memory:
 //    K_present * kDT atomics per block instead of one per pixel.
 //  - When K x kDT does not fit in shared memory (K in the many thousands), the same code adds the
@@ -55,12 +56,14 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
     else if (kShared) atomicAdd(s_cnt + k, v);
     else atomicAdd(g_cnt + k, v);
   };
-  // fold a per-lane value of class k (warp-wide, any mix of classes) into the table
+  // fold a per-lane value of class k (warp-wide, any mix of classes) into the table: butterflies per
+  // class, or (atomic paths, more than two classes in the warp) one atomic per lane
   auto fold = [&](int k, const A* v, A n) {
+    const bool few = kDet || warp_few_classes(k);
 #pragma unroll
     for (int c = 0; c < kDT; ++c)
-      if (c < dn) warp_segment_add(k, v[c], [&](int kk, A t) { add_sum(kk, c, t); });
-    if (count) warp_segment_add(k, n, [&](int kk, A t) { add_cnt(kk, t); });
+      if (c < dn) warp_class_add(few, k, v[c], [&](int kk, A t) { add_sum(kk, c, t); });
+    if (count) warp_class_add(few, k, n, [&](int kk, A t) { add_cnt(kk, t); });
   };
 
   const T* fb = feats + (b * D + d0) * N;

@@ -108,7 +108,7 @@ def test_schedule_seed_changes_atomic_order_only_in_the_last_bits():
     emulation.set_schedule_seed(0)
     assert torch.equal(sums[0], sums[2])
     assert not torch.equal(sums[0], sums[1])
-    torch.testing.assert_close(sums[0], sums[1], rtol=1e-6, atol=0)
+    assert_close(sums[0], sums[1], reduction=40 * 40)  # two summation orders of an image's pixels
 
 
 def test_auto_never_picks_the_emulation(monkeypatch):
