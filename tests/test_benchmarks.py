@@ -170,3 +170,15 @@ def test_profile_lists_where_the_time_goes(tmp_path):
     cpu_ops = [row[3].strip("` ") for row in rows if row[2].strip() == "cpu"]
     assert any(name.startswith("csfr::") for name in cpu_ops), cpu_ops  # the fused kernel shows by name
     assert all(float(row[4]) > 0 and float(row[5]) > 0 for row in rows)
+
+
+def test_bench_ops_times_the_host_cost_shape_without_targets(monkeypatch, tmp_path):
+    """The full sweep adds HOST_SHAPE (what a call costs the host) after the issue's shapes; the targets
+    are checked at the issue's shapes only."""
+    bench = load("bench_ops")
+    seen = []
+    monkeypatch.setattr(bench, "run_case", lambda case, *a: seen.append(case.shape) or [])
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda *a: 1.0)
+    bench.main(["--ops", "gated_blend", "--out", str(tmp_path / "R.md")])
+    assert seen == [*bench.SHAPES, bench.HOST_SHAPE]
+    assert {c["shape"] for c in bench.check_targets([])} == set(bench.SHAPES)
