@@ -69,6 +69,23 @@ def test_features_and_labels_on_different_devices(backend):
             call()
 
 
+@pytest.mark.skipif(csfr.ops.backends()["cpu"] != "available", reason="needs the C++ extension")
+def test_raw_kernels_refuse_operands_on_several_devices():
+    """A meta operand among CPU ones sends the raw kernel ops to their fake kernels, which would hand
+    back uninitialised CPU tensors; they refuse instead (a CUDA operand is refused by the C++ checks,
+    tests/test_ops_gpu.py)."""
+    feats, labels = torch.randn(2, 4, 10), torch.zeros(2, 10, dtype=torch.long)
+    mu, x = torch.zeros(2, 3, 4), torch.randn(2, 4, 10)
+    calls = [lambda: torch.ops.csfr.segment_sum(feats, labels.to("meta"), 3, 255),
+             lambda: torch.ops.csfr.cac_pixel_pass(feats, labels, mu.to("meta"), 0.5, 255),
+             lambda: torch.ops.csfr.pixel_grad(feats.to("meta"), labels, mu, 255, None, None, None),
+             lambda: torch.ops.csfr.blend_forward(x, x, x.to("meta")),
+             lambda: torch.ops.csfr.blend_backward(x.to("meta"), x, x, x)]
+    for call in calls:
+        with pytest.raises(RuntimeError, match="every tensor must be on one device, got cpu, meta"):
+            call()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k", [0, -3, 2.0])
 def test_num_classes_must_be_a_positive_integer(backend, k):

@@ -40,6 +40,17 @@ def _blend_backward(grad_z, x, s, g):
 FAKES = {"segment_sum": _segment_sum, "cac_pixel_pass": _cac_pixel_pass, "pixel_grad": _pixel_grad,
          "blend_forward": _blend_forward, "blend_backward": _blend_backward}
 
+def _on_one_device(name, fake):
+    """fake, refusing operands on several devices as the real kernels do: the dispatcher picks this
+    kernel whenever any operand is a meta tensor, and would otherwise return uninitialised outputs."""
+    def checked(*args):
+        devices = {str(a.device) for a in args if isinstance(a, torch.Tensor)}
+        if len(devices) > 1:
+            raise RuntimeError(f"csfr::{name}: every tensor must be on one device, got {', '.join(sorted(devices))}")
+        return fake(*args)
+    return checked
+
+
 if _extension()[0] is not None:  # csfr._C (or the build CSFR_EXTENSION_LIBRARY names) defines the ops
     for _name, _fake in FAKES.items():
-        torch.library.register_fake(f"csfr::{_name}")(_fake)
+        torch.library.register_fake(f"csfr::{_name}")(_on_one_device(_name, _fake))
