@@ -100,17 +100,18 @@ def run_config(args, scenes: str, arm: Arm, seed: int) -> dict:
     """The resolved config of one run: the preset, the study's settings, the arm's model options."""
     baseline, csfr = HEADS[args.head]
     iters = args.iters
-    study = [*PINNED, f"data.options.scenes={scenes}", f"train.iters={iters}", f"train.seed={seed}",
+    study = [f"data.options.scenes={scenes}", f"train.iters={iters}", f"train.seed={seed}",
              f"train.val_interval={max(iters // args.curve_points, 1)}", f"train.ckpt_interval={iters // 4 or 1}",
              "eval.save_predictions=0", f"model.name={csfr if arm.csfr else baseline}"]
     options = [f"model.options.{k}={json.dumps(v)}" for k, v in arm.options]
-    return configs.resolve(args.config, [*args.overrides, *study, *options])
+    # the pinned weights first: a --set of the CAC weights (the ablation at another weight) overrides them
+    return configs.resolve(args.config, [*PINNED, *args.overrides, *study, *options])
 
 
 def run_dir(args, config: dict, scenes: str, seed: int) -> Path:
     """runs/study/<scenes>_it<iters>[_<hash of --set>]/<model>[+option=value...]/seed<N>: an arm's
     options that equal the study's reference name the same run (CAC weight 0.1 *is* its CSFR)."""
-    preset = configs.resolve(args.config, [*args.overrides, *PINNED])["model"]["options"]
+    preset = configs.resolve(args.config, [*PINNED, *args.overrides])["model"]["options"]
     model = config["model"]
     changed = sorted((k, v) for k, v in model["options"].items() if preset.get(k) != v)
     name = model["name"] + "".join(f"+{k}={v}" for k, v in changed)

@@ -195,3 +195,20 @@ def test_pca_picture_of_two_clusters(tmp_path):
     features.plot_panels([("a", rows, labels), ("b", rows, labels)], ["zero", "one"], [(255, 0, 0), (0, 0, 255)],
                          path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_set_overrides_the_pinned_cac_weight_and_names_its_own_group(tmp_path):
+    """`--set model.options.w_intra=...` runs the table at that weight (it once lost to the pinned 0.1
+    silently) in a run group of its own; an arm's own weights still win over it."""
+    study = load("study")
+    weights = ["--set", "model.options.w_intra=0.01", "--set", "model.options.w_inter=0.01"]
+    args = study.parse_args(["ablation", *study_args(tmp_path, *weights)])
+    plain = study.parse_args(["ablation", *study_args(tmp_path)])
+    arms = dict(zip(("baseline", "fixed", "no_cac", "full"), study.TABLES["ablation"]))
+    full = study.run_config(args, "pairs", arms["full"], 0)["model"]["options"]
+    assert (full["w_intra"], full["w_inter"]) == (0.01, 0.01)
+    assert study.run_config(args, "pairs", arms["no_cac"], 0)["model"]["options"]["w_intra"] == 0.0
+    assert study.run_config(plain, "pairs", arms["full"], 0)["model"]["options"]["w_intra"] == 0.1
+    config = study.run_config(args, "pairs", arms["full"], 0)
+    here, there = study.run_dir(args, config, "pairs", 0), study.run_dir(plain, config, "pairs", 0)
+    assert here.parent.parent != there.parent.parent and here.parent.name == "csfr_r50_d8"
