@@ -118,10 +118,10 @@ def extensions(torch, cpp_extension):
     if not cpu_sources:
         raise BuildError("no C++ sources found in csrc/")
     omp_c, omp_l = _openmp_flags()
-    # No -std: cpp_extension passes the standard torch itself was built with. Another one can change the
-    # ABI of torch's header types between torch and this library (with torch 2.11, built as C++17, a
-    # C++20 build crashed whenever a failed TORCH_CHECK printed a tensor's sizes). The sources compile
-    # as C++17 and C++20. -fno-trapping-math (no FP traps) lets the loops vectorise.
+    # No -std: cpp_extension passes the standard that suits the installed torch; forcing another risks
+    # inline code shared with libtorch differing between the two (against torch 2.11, a forced C++20
+    # build crashed whenever a failed TORCH_CHECK printed a tensor's sizes). The sources compile as
+    # C++17 and C++20. -fno-trapping-math (no FP traps) lets the loops vectorise.
     cxx = ["-O3", "-fno-trapping-math", *omp_c]
     cuda, why = want_cuda(os.environ.get("CSFR_BUILD_CUDA"), torch.version.cuda,
                           _find_nvcc(cpp_extension.CUDA_HOME))

@@ -155,9 +155,9 @@ def test_build_requirements_leave_torch_out():
 
 @pytest.mark.parametrize("cuda", [None, "13.0"])
 def test_host_compiler_standard_is_torchs_own(setup_py, fake_cuda_home, cuda):
-    """No -std in the C++ flags, so cpp_extension's (the standard torch was built with) applies: a
-    C++20 build against torch 2.11 (built as C++17) crashed on the GPU machine whenever a failed
-    TORCH_CHECK printed a tensor's sizes."""
+    """No -std in the C++ flags, so cpp_extension's choice for the installed torch applies: a forced
+    C++20 build against torch 2.11 crashed on the GPU machine whenever a failed TORCH_CHECK printed a
+    tensor's sizes."""
     torch, ext, made = _fake_torch(cuda, gpus=1, cuda_home=fake_cuda_home)
     setup_py.extensions(torch, ext)
     assert not [f for f in made["extra_compile_args"]["cxx"] if f.startswith("-std")]
@@ -165,7 +165,7 @@ def test_host_compiler_standard_is_torchs_own(setup_py, fake_cuda_home, cuda):
 
 @pytest.mark.parametrize("std", ["c++17", "c++20"])
 def test_host_sources_compile_as_cpp17_and_cpp20(std):
-    """What cpp_extension may pick: torch 2.11 builds as C++17, torch 2.13 as C++20."""
+    """What cpp_extension may pick: C++17 for older torch releases, C++20 for torch 2.13."""
     torch = pytest.importorskip("torch")
     from torch.utils import cpp_extension
     cxx = shutil.which("g++") or shutil.which("c++")
