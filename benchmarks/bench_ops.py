@@ -167,7 +167,7 @@ def run_case(case: Case, backends: list[str], repeat: int, copy_gbs: float, prof
         rows.append({"impl": name, "ms": ms, "gbs": case.bytes_moved() / ms / 1e6,
                      "mem": peak_extra_bytes(run, case.device)})
         if profile and name not in ("eager", "index_add_"):  # the fused backends and what inductor made
-            rows[-1]["kernels"] = top_kernels(run, case.device)
+            rows[-1]["kernels"], rows[-1]["kernels_ms"] = top_kernels(run, case.device)
         print(f"  {case.op:16s} {case.label:24s} {name:11s} {ms:9.2f} ms", flush=True)
     eager = rows[0]["ms"]
     compiled = rows[1]["ms"]
@@ -192,14 +192,17 @@ def markdown(results: list[tuple[Case, list[dict]]], title: str, copy_gbs: float
     if profiled:
         what = "GPU kernels" if profiled[0][0].device.type == "cuda" else "operators"
         lines += ["", (f"Where the time goes (`--profile`: torch.profiler over 5 forward + backward runs; per run, "
-                       f"the most expensive {what} by self time; their sum can pass the median, the profiler "
-                       "adds its own overhead):"), "",
+                       f"the most expensive {what} by self time, then all {what} together; the sum can pass the "
+                       "median, the profiler adds its own overhead. On a GPU, the median's share that the "
+                       "kernels do not fill is the device waiting for the host):"), "",
                   "| op | shape | impl | kernel | ms | calls | share of the median |", "|---|---|---|---|---:|---:|---:|"]
         for case, row in profiled:
             for k in row["kernels"]:
                 name = k["name"] if len(k["name"]) <= 60 else k["name"][:57] + "..."
                 lines.append(f"| {case.op} | {case.label} | {row['impl']} | `{name.replace('|', '/')}` | "
                              f"{k['ms']:.3f} | {k['calls']:g} | {100 * k['ms'] / row['ms']:.0f} % |")
+            lines.append(f"| {case.op} | {case.label} | {row['impl']} | all {what} | {row['kernels_ms']:.3f} | | "
+                         f"{100 * row['kernels_ms'] / row['ms']:.0f} % |")
     return "\n".join(lines) + "\n"
 
 

@@ -33,10 +33,12 @@ def median_ms(fn: Callable[[], object], device: torch.device, repeat: int, warmu
     return statistics.median(times)
 
 
-def top_kernels(fn: Callable[[], object], device: torch.device, runs: int = 5, top: int = 4) -> list[dict]:
+def top_kernels(fn: Callable[[], object], device: torch.device, runs: int = 5,
+                top: int = 4) -> tuple[list[dict], float]:
     """Where fn()'s time goes, by torch.profiler over `runs` calls after one warm-up: the `top` most
     expensive GPU kernels on a CUDA device (operators on the CPU), each with its self time and call
-    count per call of fn (name, ms, calls)."""
+    count per call of fn (name, ms, calls), and the self time of all of them per call. On a GPU, what
+    the wall time has beyond that total is the device waiting for the host."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -54,7 +56,7 @@ def top_kernels(fn: Callable[[], object], device: torch.device, runs: int = 5, t
         us = event.self_device_time_total if gpu else event.self_cpu_time_total
         if us > 0:
             rows.append({"name": event.key, "ms": us / 1e3 / runs, "calls": event.count / runs})
-    return sorted(rows, key=lambda row: -row["ms"])[:top]
+    return sorted(rows, key=lambda row: -row["ms"])[:top], sum(row["ms"] for row in rows)
 
 
 def _proc_status(key: str) -> int:

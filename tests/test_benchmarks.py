@@ -170,6 +170,11 @@ def test_profile_lists_where_the_time_goes(tmp_path):
     cpu_ops = [row[3].strip("` ") for row in rows if row[2].strip() == "cpu"]
     assert any(name.startswith("csfr::") for name in cpu_ops), cpu_ops  # the fused kernel shows by name
     assert all(float(row[4]) > 0 and float(row[5]) > 0 for row in rows)
+    totals = {line.split("|")[3].strip(): float(line.split("|")[5]) for line in text.splitlines()
+              if line.startswith("| class_centroids") and "| all operators |" in line}
+    assert totals.keys() == {"compile", "cpu"}
+    for impl, total in totals.items():  # all of them together: at least the listed ones
+        assert total >= sum(float(row[4]) for row in rows if row[2].strip() == impl) - 2e-3  # 3-decimal rounding
 
 
 def test_bench_ops_times_the_host_cost_shape_without_targets(monkeypatch, tmp_path):
