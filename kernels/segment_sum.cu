@@ -56,10 +56,10 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
     else if (kShared) atomicAdd(s_cnt + k, v);
     else atomicAdd(g_cnt + k, v);
   };
-  // fold a per-lane value of class k (warp-wide, any mix of classes) into the table: butterflies per
-  // class, or (atomic paths, more than two classes in the warp) one atomic per lane
-  auto fold = [&](int k, const A* v, A n) {
-    const bool few = kDet || warp_few_classes(k);
+  // fold a per-lane value of class k (warp-wide) into the table: butterflies per class when `few`
+  // (a register run's one class, the deterministic path, or at most two classes in the warp), else one
+  // atomic per lane
+  auto fold = [&](int k, const A* v, A n, bool few) {
 #pragma unroll
     for (int c = 0; c < kDT; ++c)
       if (c < dn) warp_class_add(few, k, v[c], [&](int kk, A t) { add_sum(kk, c, t); });
@@ -90,7 +90,7 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
       run_n += w;
       continue;
     }
-    if (run_k >= 0) fold(run_k, run, run_n);
+    if (run_k >= 0) fold(run_k, run, run_n, true);
     run_k = -1;
     if (uniform && k0 >= 0) {
 #pragma unroll
@@ -98,10 +98,10 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
       run_n = w;
       run_k = k0;
     } else {
-      fold(k, v, w);
+      fold(k, v, w, kDet || warp_few_classes(k));
     }
   }
-  if (run_k >= 0) fold(run_k, run, run_n);
+  if (run_k >= 0) fold(run_k, run, run_n, true);
 
   if (kShared) {
     __syncthreads();

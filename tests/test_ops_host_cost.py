@@ -31,7 +31,8 @@ def _inputs():
     return feats, torch.randint(0, 5, (2, 8, 8))
 
 
-# measured with torch 2.13: 131 and 34 (cac_loss: 190 before its class part moved into the forward); a margin for other torch versions' decompositions
+# measured with torch 2.13: 131 and 34 (cac_loss: 190 before its class part moved into the forward);
+# a margin for other torch versions' decompositions
 @pytest.mark.parametrize("op, limit", [("cac_loss", 150), ("class_centroids", 40)])
 def test_fused_forward_backward_dispatches_few_operations(op, limit):
     feats, labels = _inputs()

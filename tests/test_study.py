@@ -205,10 +205,9 @@ def test_set_overrides_the_pinned_cac_weight_and_names_its_own_group(tmp_path):
     args = study.parse_args(["ablation", *study_args(tmp_path, *weights)])
     plain = study.parse_args(["ablation", *study_args(tmp_path)])
     arms = dict(zip(("baseline", "fixed", "no_cac", "full"), study.TABLES["ablation"]))
-    full = study.run_config(args, "pairs", arms["full"], 0)["model"]["options"]
-    assert (full["w_intra"], full["w_inter"]) == (0.01, 0.01)
+    config = study.run_config(args, "pairs", arms["full"], 0)
+    assert (config["model"]["options"]["w_intra"], config["model"]["options"]["w_inter"]) == (0.01, 0.01)
     assert study.run_config(args, "pairs", arms["no_cac"], 0)["model"]["options"]["w_intra"] == 0.0
     assert study.run_config(plain, "pairs", arms["full"], 0)["model"]["options"]["w_intra"] == 0.1
-    config = study.run_config(args, "pairs", arms["full"], 0)
     here, there = study.run_dir(args, config, "pairs", 0), study.run_dir(plain, config, "pairs", 0)
     assert here.parent.parent != there.parent.parent and here.parent.name == "csfr_r50_d8"

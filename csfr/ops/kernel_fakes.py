@@ -40,6 +40,7 @@ def _blend_backward(grad_z, x, s, g):
 FAKES = {"segment_sum": _segment_sum, "cac_pixel_pass": _cac_pixel_pass, "pixel_grad": _pixel_grad,
          "blend_forward": _blend_forward, "blend_backward": _blend_backward}
 
+
 def _on_one_device(name, fake):
     """fake, refusing operands on several devices as the real kernels do: the dispatcher picks this
     kernel whenever any operand is a meta tensor, and would otherwise return uninitialised outputs."""
