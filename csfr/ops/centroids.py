@@ -47,32 +47,38 @@ def _(feats, labels, g, ignore_index, backend, mu, coef, a):
 
 @torch.library.custom_op("csfr::class_centroids", mutates_args=())
 def _centroids(feats: Tensor, labels: Tensor, num_classes: int, ignore_index: int,
-               backend: str) -> tuple[Tensor, Tensor]:
-    """feats [B,D,N] contiguous (see `flat_features`), labels [B,*sp]."""
+               backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """feats [B,D,N] contiguous (see `flat_features`), labels [B,*sp]. Also returns 1 / max(n, 1)
+    [B,K,1] (accumulation dtype) for the backward, which then needs no operation of its own on the counts."""
     check_label_values(labels, num_classes, ignore_index, "class_centroids")
     sums, counts = kernels(backend).segment_sum(feats, flat_labels(labels), num_classes, ignore_index)
-    mu = sums / counts.clamp_min(1).unsqueeze(-1)
-    return mu.to(feats.dtype), counts.long()
+    inv_counts = counts.clamp_min(1).reciprocal().unsqueeze(-1)
+    return (sums * inv_counts).to(feats.dtype), counts.long(), inv_counts
 
 
 @_centroids.register_fake
 def _(feats, labels, num_classes, ignore_index, backend):
     b, d = feats.shape[:2]
-    return feats.new_empty(b, num_classes, d), feats.new_empty(b, num_classes, dtype=torch.long)
+    return (feats.new_empty(b, num_classes, d), feats.new_empty(b, num_classes, dtype=torch.long),
+            feats.new_empty(b, num_classes, 1, dtype=acc_dtype(feats.dtype)))
 
 
 def _setup_context(ctx, inputs, output):
     feats, labels, _, ignore_index, backend = inputs
     # feats is saved for its shape and dtype only (the kernel does not read it): it is the flat
     # view or copy made by `flat_features`, so nothing is copied again in the backward
-    ctx.save_for_backward(feats, labels, output[1])
+    ctx.save_for_backward(feats, labels, output[2])
     ctx.ignore_index, ctx.backend = ignore_index, backend
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for the counts
 
 
-def _backward(ctx, grad_mu, _grad_counts):
-    feats, labels, counts = ctx.saved_tensors
-    acc = acc_dtype(feats.dtype)
-    g = grad_mu.to(acc) / counts.clamp_min(1).unsqueeze(-1).to(acc)
+def _backward(ctx, grad_mu, *_):
+    if grad_mu is None:  # grads are not materialised (setup_context): none reached mu
+        return None, None, None, None, None
+    feats, labels, inv_counts = ctx.saved_tensors
+    g = grad_mu.to(inv_counts.dtype) * inv_counts
+    # contiguous: grad_mu may come strided (a transposed use of mu), the kernels index g densely
     dfeats = pixel_grad(feats, labels, g.contiguous(), ctx.ignore_index, ctx.backend, None, None, None)
     return dfeats, None, None, None, None
 
@@ -93,4 +99,5 @@ def class_centroids(feats: Tensor, labels: Tensor, num_classes: int, ignore_inde
         if not torch.compiler.is_compiling():
             check_label_values(labels, num_classes, ignore_index, "class_centroids")
         return reference.class_centroids(feats, labels, num_classes, ignore_index)
-    return _centroids(flat_features(feats), labels, num_classes, ignore_index, name)
+    mu, counts, _ = _centroids(flat_features(feats), labels, num_classes, ignore_index, name)
+    return mu, counts
