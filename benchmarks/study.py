@@ -42,6 +42,7 @@ from tqdm import tqdm
 from csfr import configs
 from csfr.engine.builders import build_model
 from csfr.engine.trainer import Trainer
+from csfr.models.registry import used_options
 from csfr.profiling import device_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -96,6 +97,14 @@ PINNED = ["model.options.w_intra=0.1", "model.options.w_inter=0.1"]
 COMPARED = ("model", "data", "train", "eval")  # the config sections a stored run must match
 
 
+def trained(config: dict) -> dict:
+    """What defines a run: the COMPARED sections, with only the model options the model uses (a
+    baseline trained under another CAC weight is the same run, and is trained once)."""
+    model = config["model"]
+    return {**{key: config[key] for key in COMPARED},
+            "model": {**model, "options": used_options(model["name"], model["options"])}}
+
+
 def run_config(args, scenes: str, arm: Arm, seed: int) -> dict:
     """The resolved config of one run: the preset, the study's settings, the arm's model options."""
     baseline, csfr = HEADS[args.head]
@@ -109,15 +118,20 @@ def run_config(args, scenes: str, arm: Arm, seed: int) -> dict:
 
 
 def run_dir(args, config: dict, scenes: str, seed: int) -> Path:
-    """runs/study/<scenes>_it<iters>[_<hash of --set>]/<model>[+option=value...]/seed<N>: an arm's
-    options that equal the study's reference name the same run (CAC weight 0.1 *is* its CSFR)."""
-    preset = configs.resolve(args.config, [*PINNED, *args.overrides])["model"]["options"]
+    """runs/study/<scenes>_it<iters>[_<hash>]/<model>[+option=value...]/seed<N>: an arm is named by the
+    model options it uses that differ from the study's reference (CAC weight 0.1 *is* its CSFR), so a
+    run that several tables hold (the baseline; the full CSFR at weight 0.01 of the weight sweep and
+    of the ablation at 0.01) is trained once. Overrides of anything but the model options (the data,
+    the schedule) hash into the group: such runs share nothing with the reference's."""
+    reference = configs.resolve(args.config, PINNED)["model"]["options"]
     model = config["model"]
-    changed = sorted((k, v) for k, v in model["options"].items() if preset.get(k) != v)
+    changed = sorted((k, v) for k, v in used_options(model["name"], model["options"]).items()
+                     if reference.get(k) != v)
     name = model["name"] + "".join(f"+{k}={v}" for k, v in changed)
     group = f"{scenes}_it{args.iters}"
-    if args.overrides:
-        group += "_" + hashlib.sha1(" ".join(args.overrides).encode()).hexdigest()[:8]
+    others = [o for o in args.overrides if not o.startswith("model.options.")]
+    if others:
+        group += "_" + hashlib.sha1(" ".join(others).encode()).hexdigest()[:8]
     return args.work_dir / group / name / f"seed{seed}"
 
 
@@ -204,7 +218,7 @@ def load_result(folder: Path, config: dict) -> dict | None:
     if not path.exists():
         return None
     record = json.loads(path.read_text())
-    if any(record["config"][key] != config[key] for key in COMPARED):
+    if trained(record["config"]) != trained(config):
         raise SystemExit(f"{path} was trained with another config; move the folder away to retrain it")
     return record
 

@@ -197,17 +197,36 @@ def test_pca_picture_of_two_clusters(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob("*.tmp*"))
 
 
-def test_set_overrides_the_pinned_cac_weight_and_names_its_own_group(tmp_path):
+def test_set_overrides_the_pinned_cac_weight_and_shares_the_runs_it_equals(tmp_path):
     """`--set model.options.w_intra=...` runs the table at that weight (it once lost to the pinned 0.1
-    silently) in a run group of its own; an arm's own weights still win over it."""
+    silently); an arm's own weights still win over it. A run is named by what it trains: the baseline
+    (which ignores the CAC weights), the weight-0 arm and the full CSFR at 0.01 are the runs the other
+    tables hold, found again and trained once; another kind of override names a group of its own."""
     study = load("study")
     weights = ["--set", "model.options.w_intra=0.01", "--set", "model.options.w_inter=0.01"]
     args = study.parse_args(["ablation", *study_args(tmp_path, *weights)])
     plain = study.parse_args(["ablation", *study_args(tmp_path)])
+    other = study.parse_args(["ablation", *study_args(tmp_path, "--set", "train.lr=0.03")])
     arms = dict(zip(("baseline", "fixed", "no_cac", "full"), study.TABLES["ablation"]))
     config = study.run_config(args, "pairs", arms["full"], 0)
     assert (config["model"]["options"]["w_intra"], config["model"]["options"]["w_inter"]) == (0.01, 0.01)
     assert study.run_config(args, "pairs", arms["no_cac"], 0)["model"]["options"]["w_intra"] == 0.0
     assert study.run_config(plain, "pairs", arms["full"], 0)["model"]["options"]["w_intra"] == 0.1
-    here, there = study.run_dir(args, config, "pairs", 0), study.run_dir(plain, config, "pairs", 0)
-    assert here.parent.parent != there.parent.parent and here.parent.name == "csfr_r50_d8"
+
+    def folder(a, arm):
+        return study.run_dir(a, study.run_config(a, "pairs", arm, 0), "pairs", 0)
+    sweep = study.parse_args(["cac_weight", *study_args(tmp_path)])
+    assert folder(args, arms["full"]) == folder(sweep, study.TABLES["cac_weight"][1])  # weight 0.01
+    assert "+w_inter=0.01+w_intra=0.01" in folder(args, arms["full"]).parent.name
+    for same in ("baseline", "no_cac"):
+        assert folder(args, arms[same]) == folder(plain, arms[same])
+    assert folder(args, arms["fixed"]) != folder(plain, arms["fixed"])
+    assert folder(other, arms["baseline"]).parent.parent != folder(plain, arms["baseline"]).parent.parent
+    # a stored baseline is found again under another weight, and a changed used option is refused
+    base = study.run_config(plain, "pairs", arms["baseline"], 0)
+    stored = folder(plain, arms["baseline"])
+    stored.mkdir(parents=True)
+    study.write_json(stored / "result.json", {"config": base})
+    assert study.load_result(stored, study.run_config(args, "pairs", arms["baseline"], 0)) is not None
+    with pytest.raises(SystemExit, match="another config"):
+        study.load_result(stored, study.run_config(other, "pairs", arms["baseline"], 0))

@@ -44,6 +44,10 @@ DEFAULTS = {
     "w_inter": 1.0,
 }
 
+# the options only CSFR's parts use (its head and the CAC loss's kernels)
+CSFR_OPTIONS = ("backend", "csfr_dim", "csflm_convs", "gate", "aam_fuses", "cac_projection", "cac_normalize",
+                "delta_v", "delta_d", "w_intra", "w_inter")
+
 # (name prefix, is CSFR, head): the baselines, then CSFR on each ("csfr_" alone is CSFR on FCN)
 _FAMILIES = [(f"{h}_", False, h) for h in HEADS] + [
     ("csfr_" if h == "fcn" else f"csfr_{h}_", True, h) for h in HEADS]
@@ -62,6 +66,14 @@ def parse(name: str) -> tuple[bool, str, int, int]:
     if name not in _SPECS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(names())}")
     return _SPECS[name]
+
+
+def used_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options model `name` uses: all of them for CSFR, those besides CSFR_OPTIONS for a baseline.
+    Two configs of one model with equal used options train the same network."""
+    if parse(name)[0]:
+        return dict(options)
+    return {k: v for k, v in options.items() if k not in CSFR_OPTIONS}
 
 
 def _check_number(key: str, value: Any, low: float | None = None, integer: bool = False,
