@@ -259,9 +259,16 @@ def _delta(n: int, mean: float, half: float, digits: int) -> str:
     return f"{mean:+.{digits}f}" + ("" if math.isnan(half) else f" [{mean - half:+.{digits}f}, {mean + half:+.{digits}f}]")
 
 
+def section_title(args, table: str, scenes: str) -> str:
+    """The title of a table's section in the results file; overrides give it a section of its own (the
+    same table at another CAC weight is another result)."""
+    title = f"Study: {table}, {args.head} head, {scenes} scenes, {args.iters} iterations"
+    return title + "".join(", " + o.removeprefix("model.options.") for o in args.overrides)
+
+
 def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, dict]]) -> tuple[str, str]:
     """(title, markdown) of one table and scene kind from the finished runs."""
-    title = f"Study: {table}, {args.head} head, {scenes} scenes, {args.iters} iterations"
+    title = section_title(args, table, scenes)
     miou = {arm: {s: r["mIoU"] for s, r in runs.items()} for arm, runs in results.items()}
     sep = {arm: {s: r["separability"]["classifier input"] for s, r in runs.items()} for arm, runs in results.items()}
     base = miou[BASELINE]

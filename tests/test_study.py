@@ -222,6 +222,9 @@ def test_set_overrides_the_pinned_cac_weight_and_shares_the_runs_it_equals(tmp_p
         assert folder(args, arms[same]) == folder(plain, arms[same])
     assert folder(args, arms["fixed"]) != folder(plain, arms["fixed"])
     assert folder(other, arms["baseline"]).parent.parent != folder(plain, arms["baseline"]).parent.parent
+    # its table is a section of its own, not the one at the pinned weight
+    titles = {study.section_title(a, "ablation", "pairs") for a in (args, plain, other)}
+    assert len(titles) == 3 and "w_intra=0.01" in study.section_title(args, "ablation", "pairs")
     # a stored baseline is found again under another weight, and a changed used option is refused
     base = study.run_config(plain, "pairs", arms["baseline"], 0)
     stored = folder(plain, arms["baseline"])
