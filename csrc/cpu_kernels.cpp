@@ -23,6 +23,8 @@
 #include <cstdlib>
 #include <vector>
 
+#include "shape_text.h"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -40,10 +42,10 @@ void check_cpu(const Tensor& t, const char* op, const char* name) {
 void check_feats_labels(const Tensor& feats, const Tensor& labels, const char* op) {
   check_cpu(feats, op, "features");
   check_cpu(labels, op, "labels");
-  TORCH_CHECK(feats.dim() == 3, op, ": features must be [B, D, N], got ", feats.sizes());
+  TORCH_CHECK(feats.dim() == 3, op, ": features must be [B, D, N], got ", csfr::shape_text(feats.sizes()));
   TORCH_CHECK(labels.dim() == 2 && labels.size(0) == feats.size(0) && labels.size(1) == feats.size(2),
               op, ": labels must be [B, N] = [", feats.size(0), ", ", feats.size(2), "], got ",
-              labels.sizes());
+              csfr::shape_text(labels.sizes()));
   TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
   TORCH_CHECK(feats.is_contiguous() && labels.is_contiguous(), op, ": inputs must be contiguous");
 }
@@ -300,7 +302,7 @@ GateMode check_blend(const Tensor& x, const Tensor& s, const Tensor& g, const ch
   if (g.size(1) == C && g.size(2) == N) return GateMode::kFull;
   if (g.size(1) == 1 && g.size(2) == N) return GateMode::kPixel;
   TORCH_CHECK(g.size(1) == C && g.size(2) == 1, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1], got ",
-              g.sizes());
+              csfr::shape_text(g.sizes()));
   return GateMode::kChannel;
 }
 

@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "../schemas.h"
+#include "../shape_text.h"
 #include "csfr_kernels.cuh"
 #include "device.h"
 
@@ -43,11 +44,12 @@ void check_cuda(const Tensor& t, const Tensor& like, const char* op, const char*
 }
 
 void check_feats_labels(const Tensor& feats, const Tensor& labels, const char* op) {
-  TORCH_CHECK(feats.dim() == 3, op, ": features must be [B, D, N], got ", feats.sizes());
+  TORCH_CHECK(feats.dim() == 3, op, ": features must be [B, D, N], got ", csfr::shape_text(feats.sizes()));
   check_cuda(feats, feats, op, "features");
   check_cuda(labels, feats, op, "labels");
   TORCH_CHECK(labels.dim() == 2 && labels.size(0) == feats.size(0) && labels.size(1) == feats.size(2), op,
-              ": labels must be [B, N] = [", feats.size(0), ", ", feats.size(2), "], got ", labels.sizes());
+              ": labels must be [B, N] = [", feats.size(0), ", ", feats.size(2), "], got ",
+              csfr::shape_text(labels.sizes()));
   TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
   kernel_dtype(feats, op);
 }
@@ -55,7 +57,8 @@ void check_feats_labels(const Tensor& feats, const Tensor& labels, const char* o
 // An acc-dtype operand of shape `shape` on the features' device.
 void check_acc(const Tensor& t, const Tensor& feats, at::IntArrayRef shape, const char* op, const char* name) {
   check_cuda(t, feats, op, name);
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", csfr::shape_text(shape), ", got ",
+              csfr::shape_text(t.sizes()));
   TORCH_CHECK(t.scalar_type() == acc_type(feats), op, ": ", name, " must be ", acc_type(feats), ", got ",
               t.scalar_type());
 }
@@ -91,7 +94,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cac_pixel_pass_cuda(const Tensor& fea
                                                                int64_t ignore_index) {
   check_feats_labels(feats, labels, "cac_pixel_pass");
   const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
-  TORCH_CHECK(mu.dim() == 3, "cac_pixel_pass: mu must be [B, K, D], got ", mu.sizes());
+  TORCH_CHECK(mu.dim() == 3, "cac_pixel_pass: mu must be [B, K, D], got ", csfr::shape_text(mu.sizes()));
   const int64_t K = mu.size(1);
   check_acc(mu, feats, {B, K, D}, "cac_pixel_pass", "mu");
   TORCH_CHECK(delta_v >= 0, "cac_pixel_pass: delta_v must be >= 0, got ", delta_v);
@@ -113,7 +116,7 @@ Tensor pixel_grad_cuda(const Tensor& feats, const Tensor& labels, const Tensor& 
                        const std::optional<Tensor>& a) {
   check_feats_labels(feats, labels, "pixel_grad");
   const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
-  TORCH_CHECK(g.dim() == 3, "pixel_grad: g must be [B, K, D], got ", g.sizes());
+  TORCH_CHECK(g.dim() == 3, "pixel_grad: g must be [B, K, D], got ", csfr::shape_text(g.sizes()));
   const int64_t K = g.size(1);
   check_acc(g, feats, {B, K, D}, "pixel_grad", "g");
   const bool direct = mu.has_value() && coef.has_value() && a.has_value();
@@ -135,7 +138,7 @@ Tensor pixel_grad_cuda(const Tensor& feats, const Tensor& labels, const Tensor& 
 
 csfr::GateMode check_blend(const Tensor& x, const Tensor& s, const Tensor& g, const char* op) {
   TORCH_CHECK(x.dim() == 3 && x.sizes() == s.sizes(), op, ": x and s must be [B, C, N] of one shape, got ",
-              x.sizes(), " and ", s.sizes());
+              csfr::shape_text(x.sizes()), " and ", csfr::shape_text(s.sizes()));
   check_cuda(x, x, op, "x");
   check_cuda(s, x, op, "s");
   check_cuda(g, x, op, "g");
@@ -143,11 +146,12 @@ csfr::GateMode check_blend(const Tensor& x, const Tensor& s, const Tensor& g, co
               ": x, s, g must share a dtype, got ", x.scalar_type(), ", ", s.scalar_type(), ", ", g.scalar_type());
   kernel_dtype(x, op);
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
-  TORCH_CHECK(g.dim() == 3 && g.size(0) == B, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1], got ", g.sizes());
+  TORCH_CHECK(g.dim() == 3 && g.size(0) == B, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1], got ",
+              csfr::shape_text(g.sizes()));
   if (g.size(1) == C && g.size(2) == N) return csfr::GateMode::kFull;
   if (g.size(1) == 1 && g.size(2) == N) return csfr::GateMode::kPixel;
   TORCH_CHECK(g.size(1) == C && g.size(2) == 1, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1], got ",
-              g.sizes());
+              csfr::shape_text(g.sizes()));
   return csfr::GateMode::kChannel;
 }
 
@@ -165,7 +169,8 @@ std::tuple<Tensor, Tensor, Tensor> blend_backward_cuda(const Tensor& grad_z, con
   const csfr::GateMode mode = check_blend(x, s, g, "blend_backward");
   check_cuda(grad_z, x, "blend_backward", "grad_z");
   TORCH_CHECK(grad_z.sizes() == x.sizes() && grad_z.scalar_type() == x.scalar_type(),
-              "blend_backward: grad_z must match x (", x.sizes(), ", ", x.scalar_type(), "), got ", grad_z.sizes(),
+              "blend_backward: grad_z must match x (", csfr::shape_text(x.sizes()), ", ", x.scalar_type(),
+              "), got ", csfr::shape_text(grad_z.sizes()),
               ", ", grad_z.scalar_type());
   const csfr_glue::DeviceGuard guard(x.device());
   Tensor dx = at::empty_like(x), ds = at::empty_like(s), dg = at::empty_like(g);
