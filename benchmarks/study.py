@@ -306,7 +306,8 @@ def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, di
 
 
 def pictures(args, scenes: str, seed: int) -> Path:
-    """PCA of a sample of validation pixel features, baseline vs CSFR (the study's reference), from finished runs."""
+    """PCA of a sample of validation pixel features, baseline vs CSFR (the study's reference, or as --set
+    makes it: its panels name the options that differ), from finished runs."""
     panels, dataset = [], None
     for arm in (BASELINE, CSFR):
         config = run_config(args, scenes, arm, seed)
@@ -319,8 +320,10 @@ def pictures(args, scenes: str, seed: int) -> Path:
         report = feature_report(trainer.model, dataset, trainer.ctx.device, sample_per_class=300, seed=seed)
         for name, item in report.items():
             rows, labels = item["sample"]
-            panels.append((f"{arm.label.split(' (')[0]}: {name}\nseparability {item['separability']:.2f}", rows, labels))
-    path = args.pictures_dir / f"study_features_{scenes}.png"
+            changed = folder.parent.name.split("+")[1:]  # the options the run's name records
+            label = arm.label.split(" (")[0] + (f" ({', '.join(changed)})" if arm.csfr and changed else "")
+            panels.append((f"{label}: {name}\nseparability {item['separability']:.2f}", rows, labels))
+    path = args.pictures_dir / f"study_features_{scenes}{'_' + args.pictures_tag if args.pictures_tag else ''}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     plot_panels(panels, dataset.class_names, dataset.palette, path)
     return path
@@ -351,7 +354,8 @@ def parse_args(argv=None):
     p.add_argument("--pictures", action="store_true",
                    help="instead of training: PCA figures of baseline vs CSFR features for the first seed")
     p.add_argument("--pictures-dir", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "images",
-                   help="where --pictures writes study_features_<scenes>.png (default docs/images)")
+                   help="where --pictures writes study_features_<scenes>[_<tag>].png (default docs/images)")
+    p.add_argument("--pictures-tag", default="", help="suffix of the figures' names, e.g. for a --set setting")
     p.add_argument("--progress", action="store_true", help="also show each run's own iteration bar")
     return p.parse_args(argv)
 

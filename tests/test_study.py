@@ -180,6 +180,8 @@ def test_study_runs_pairs_resumes_and_reports(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     study.main([*argv, "--pictures", "--pictures-dir", str(tmp_path / "images")])
     assert (tmp_path / "images" / "study_features_modes.png").read_bytes()[:4] == b"\x89PNG"
+    study.main([*argv, "--pictures", "--pictures-dir", str(tmp_path / "images"), "--pictures-tag", "t"])
+    assert (tmp_path / "images" / "study_features_modes_t.png").exists()
 
 
 def test_pca_picture_of_two_clusters(tmp_path):
