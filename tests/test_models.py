@@ -28,6 +28,38 @@ def batch(size=33, b=2):
     return torch.randn(b, 3, size, size, generator=gen), labels
 
 
+# a valid value other than the default for each CSFR-only option
+_OTHER_VALUES = {"backend": "torch", "csfr_dim": 8, "csflm_convs": 1, "gate": "pixel", "aam_fuses": "backbone",
+                 "cac_projection": 4, "cac_normalize": True, "delta_v": 0.3, "delta_d": 1.0, "w_intra": 0.5,
+                 "w_inter": 0.5}
+
+
+@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "pspnet"])
+def test_baselines_ignore_the_csfr_options_and_csfr_uses_them(head):
+    """registry.used_options drops CSFR_OPTIONS for a baseline (the study then trains a baseline once for
+    every CAC setting): each must leave a baseline's weights and losses unchanged, and change CSFR."""
+    assert set(_OTHER_VALUES) == set(registry.CSFR_OPTIONS)
+    images, labels = batch()
+
+    def fingerprint(name, **options):
+        model = tiny(name, **options).train()
+        torch.manual_seed(1)
+        losses = model(images, labels)["losses"]
+        return list(model.state_dict().items()), {k: v.item() for k, v in losses.items()}
+
+    base = fingerprint(f"{head}_r50_d8")
+    csfr_name = "csfr_r50_d8" if head == "fcn" else f"csfr_{head}_r50_d8"
+    csfr = fingerprint(csfr_name)
+    for key, value in _OTHER_VALUES.items():
+        weights, losses = fingerprint(f"{head}_r50_d8", **{key: value})
+        assert losses == base[1] and all(torch.equal(a[1], b[1]) for a, b in zip(weights, base[0])), key
+        assert registry.used_options(f"{head}_r50_d8", {key: value}) == {}
+        assert registry.used_options(csfr_name, {key: value}) == {key: value}
+        if key != "backend":  # the backends agree to rounding: the torch one differs from cpu in last bits only
+            changed = fingerprint(csfr_name, **{key: value})
+            assert changed[1] != csfr[1] or len(changed[0]) != len(csfr[0]), key
+
+
 def test_names_cover_every_family_and_unknown_names_list_them():
     names = models.names()
     assert len(names) == len(set(names)) == 24
