@@ -117,17 +117,20 @@ def run_config(args, scenes: str, arm: Arm, seed: int) -> dict:
     return configs.resolve(args.config, [*PINNED, *args.overrides, *study, *options])
 
 
+def changed_options(args, config: dict) -> list[tuple[str, object]]:
+    """The model options the run's model uses that differ from the study's reference, sorted."""
+    reference = configs.resolve(args.config, PINNED)["model"]["options"]
+    model = config["model"]
+    return sorted((k, v) for k, v in used_options(model["name"], model["options"]).items() if reference.get(k) != v)
+
+
 def run_dir(args, config: dict, scenes: str, seed: int) -> Path:
     """runs/study/<scenes>_it<iters>[_<hash>]/<model>[+option=value...]/seed<N>: an arm is named by the
     model options it uses that differ from the study's reference (CAC weight 0.1 *is* its CSFR), so a
     run that several tables hold (the baseline; the full CSFR at weight 0.01 of the weight sweep and
     of the ablation at 0.01) is trained once. Overrides of anything but the model options (the data,
     the schedule) hash into the group: such runs share nothing with the reference's."""
-    reference = configs.resolve(args.config, PINNED)["model"]["options"]
-    model = config["model"]
-    changed = sorted((k, v) for k, v in used_options(model["name"], model["options"]).items()
-                     if reference.get(k) != v)
-    name = model["name"] + "".join(f"+{k}={v}" for k, v in changed)
+    name = config["model"]["name"] + "".join(f"+{k}={v}" for k, v in changed_options(args, config))
     group = f"{scenes}_it{args.iters}"
     others = [o for o in args.overrides if not o.startswith("model.options.")]
     if others:
@@ -320,7 +323,7 @@ def pictures(args, scenes: str, seed: int) -> Path:
         report = feature_report(trainer.model, dataset, trainer.ctx.device, sample_per_class=300, seed=seed)
         for name, item in report.items():
             rows, labels = item["sample"]
-            changed = folder.parent.name.split("+")[1:]  # the options the run's name records
+            changed = [f"{k}={v}" for k, v in changed_options(args, config)]
             label = arm.label.split(" (")[0] + (f" ({', '.join(changed)})" if arm.csfr and changed else "")
             panels.append((f"{label}: {name}\nseparability {item['separability']:.2f}", rows, labels))
     path = args.pictures_dir / f"study_features_{scenes}{'_' + args.pictures_tag if args.pictures_tag else ''}.png"

@@ -86,29 +86,23 @@ def test_raw_kernels_refuse_operands_on_several_devices():
             call()
 
 
-def _kernel_library(name: str):
-    """torch.ops.csfr (the CPU kernels) or torch.ops.csfr_emulated (the CUDA glue, emulated), or skip."""
-    backend = "cpu" if name == "csfr" else "cuda_emulated"
+@pytest.mark.parametrize("backend", ["cpu", "cuda_emulated"])
+def test_raw_kernels_name_the_shape_they_got(backend):
+    """The C++ checks write the offending shape out (csrc/shape_text.h; streaming it crashed one GPU build):
+    the CPU kernels and the CUDA glue (emulated)."""
     if csfr.ops.backends()[backend] != "available":
         pytest.skip(f"backend {backend} unavailable here")
-    csfr.ops.dispatch.kernels(backend)  # loads the library
-    return getattr(torch.ops, name)
-
-
-@pytest.mark.parametrize("library", ["csfr", "csfr_emulated"])
-def test_raw_kernels_name_the_shape_they_got(library):
-    """The C++ checks write the offending shape out (csrc/shape_text.h; streaming it crashed one GPU build)."""
-    lib = _kernel_library(library)
+    k = csfr.ops.dispatch.kernels(backend)
     feats, labels = torch.randn(2, 4, 10), torch.zeros(2, 10, dtype=torch.long)
     with pytest.raises(RuntimeError, match=r"features must be \[B, D, N\], got \[2, 40\]"):
-        lib.segment_sum(feats.reshape(2, 40), labels, 3, 255)
+        k.segment_sum(feats.reshape(2, 40), labels, 3, 255)
     with pytest.raises(RuntimeError, match=r"labels must be \[B, N\] = \[2, 10\], got \[2, 5, 2\]"):
-        lib.segment_sum(feats, labels.reshape(2, 5, 2), 3, 255)
+        k.segment_sum(feats, labels.reshape(2, 5, 2), 3, 255)
     with pytest.raises(RuntimeError, match=r"g must be \[B, C, N\], \[B, 1, N\] or \[B, C, 1\], got \[2, 3, 10\]"):
-        lib.blend_forward(feats, feats, torch.zeros(2, 3, 10))
-    if library == "csfr_emulated":
+        k.blend_forward(feats, feats, torch.zeros(2, 3, 10))
+    if backend == "cuda_emulated":
         with pytest.raises(RuntimeError, match=r"mu must have shape \[2, 3, 4\], got \[2, 3, 5\]"):
-            lib.cac_pixel_pass(feats, labels, torch.zeros(2, 3, 5), 0.5, 255)
+            k.cac_pixel_pass(feats, labels, torch.zeros(2, 3, 5), 0.5, 255)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
