@@ -321,10 +321,10 @@ def pictures(args, scenes: str, seed: int) -> Path:
                           progress=False)
         dataset = trainer.val_set
         report = feature_report(trainer.model, dataset, trainer.ctx.device, sample_per_class=300, seed=seed)
+        changed = [f"{k}={v}" for k, v in changed_options(args, config)]
+        label = arm.label.split(" (")[0] + (f" ({', '.join(changed)})" if arm.csfr and changed else "")
         for name, item in report.items():
             rows, labels = item["sample"]
-            changed = [f"{k}={v}" for k, v in changed_options(args, config)]
-            label = arm.label.split(" (")[0] + (f" ({', '.join(changed)})" if arm.csfr and changed else "")
             panels.append((f"{label}: {name}\nseparability {item['separability']:.2f}", rows, labels))
     path = args.pictures_dir / f"study_features_{scenes}{'_' + args.pictures_tag if args.pictures_tag else ''}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
