@@ -45,6 +45,11 @@ FUSED_ON = {"cpu": ("cpu",), "cuda": ("cuda", "triton")}  # the fused backends t
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
 
 
+def shape_label(shape: tuple[int, int, int, int, int]) -> str:
+    b, d, h, w, k = shape
+    return f"B={b} D={d} {h}x{w} K={k}"
+
+
 @dataclass
 class Case:
     """One operator at one shape: how to make its inputs and how many bytes it must move."""
@@ -57,8 +62,7 @@ class Case:
 
     @property
     def label(self) -> str:
-        b, d, h, w, k = self.shape
-        return f"B={b} D={d} {h}x{w} K={k}"
+        return shape_label(self.shape)
 
     def inputs(self) -> tuple:
         b, d, h, w, k = self.shape
@@ -167,7 +171,10 @@ def run_case(case: Case, backends: list[str], repeat: int, copy_gbs: float, prof
         rows.append({"impl": name, "ms": ms, "gbs": case.bytes_moved() / ms / 1e6,
                      "mem": peak_extra_bytes(run, case.device)})
         if profile and name not in ("eager", "index_add_"):  # the fused backends and what inductor made
-            rows[-1]["kernels"], rows[-1]["kernels_ms"] = top_kernels(run, case.device)
+            host = case.shape == HOST_SHAPE  # a call there is all host: list the host's side on a GPU too
+            rows[-1]["kernels"], rows[-1]["kernels_ms"] = top_kernels(run, case.device, top=6 if host else 4,
+                                                                      host=host)
+            rows[-1]["profiled"] = "GPU kernels" if case.device.type == "cuda" and not host else "operators"
         print(f"  {case.op:16s} {case.label:24s} {name:11s} {ms:9.2f} ms", flush=True)
     eager = rows[0]["ms"]
     compiled = rows[1]["ms"]
@@ -190,18 +197,19 @@ def markdown(results: list[tuple[Case, list[dict]]], title: str, copy_gbs: float
                          f"{row['vs_compile']:.2f} | {row['gbs']:.1f} | {100 * row['copy_share']:.0f} | {mem} |")
     profiled = [(case, row) for case, rows in results for row in rows if "kernels" in row]
     if profiled:
-        what = "GPU kernels" if profiled[0][0].device.type == "cuda" else "operators"
-        lines += ["", (f"Where the time goes (`--profile`: torch.profiler over 5 forward + backward runs; per run, "
-                       f"the most expensive {what} by self time, then all {what} together; the sum can pass the "
-                       "median, the profiler adds its own overhead. On a GPU, the median's share that the "
-                       "kernels do not fill is the device waiting for the host):"), "",
+        lines += ["", ("Where the time goes (`--profile`: torch.profiler over 5 forward + backward runs; per run, "
+                       "the most expensive GPU kernels (on a CPU: operators) by self time, then all of them "
+                       "together; the sum can pass the median, the profiler adds its own overhead. On a GPU, the "
+                       "median's share that the kernels do not fill is the device waiting for the host. At "
+                       f"{shape_label(HOST_SHAPE)}, whose median is the host's cost of a call, the rows are the host's "
+                       "operators and CUDA runtime calls by self CPU time, on a GPU too):"), "",
                   "| op | shape | impl | kernel | ms | calls | share of the median |", "|---|---|---|---|---:|---:|---:|"]
         for case, row in profiled:
             for k in row["kernels"]:
                 name = k["name"] if len(k["name"]) <= 60 else k["name"][:57] + "..."
                 lines.append(f"| {case.op} | {case.label} | {row['impl']} | `{name.replace('|', '/')}` | "
                              f"{k['ms']:.3f} | {k['calls']:g} | {100 * k['ms'] / row['ms']:.0f} % |")
-            lines.append(f"| {case.op} | {case.label} | {row['impl']} | all {what} | {row['kernels_ms']:.3f} | | "
+            lines.append(f"| {case.op} | {case.label} | {row['impl']} | all {row['profiled']} | {row['kernels_ms']:.3f} | | "
                          f"{100 * row['kernels_ms'] / row['ms']:.0f} % |")
     return "\n".join(lines) + "\n"
 

@@ -34,15 +34,17 @@ def median_ms(fn: Callable[[], object], device: torch.device, repeat: int, warmu
 
 
 def top_kernels(fn: Callable[[], object], device: torch.device, runs: int = 5,
-                top: int = 4) -> tuple[list[dict], float]:
+                top: int = 4, host: bool = False) -> tuple[list[dict], float]:
     """Where fn()'s time goes, by torch.profiler over `runs` calls after one warm-up: the `top` most
     expensive GPU kernels on a CUDA device (operators on the CPU), each with its self time and call
     count per call of fn (name, ms, calls), and the self time of all of them per call. On a GPU, what
-    the wall time has beyond that total is the device waiting for the host."""
+    the wall time has beyond that total is the device waiting for the host; `host` lists the host's
+    side instead (operators and CUDA runtime calls by self CPU time), where a call is bound by it."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     gpu = device.type == "cuda"
+    kernels = gpu and not host
     fn()
     _sync(device)
     with profile(activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if gpu else [])]) as prof:
@@ -51,9 +53,9 @@ def top_kernels(fn: Callable[[], object], device: torch.device, runs: int = 5,
         _sync(device)
     rows = []
     for event in prof.key_averages():
-        if gpu and event.device_type != DeviceType.CUDA:
+        if event.device_type != (DeviceType.CUDA if kernels else DeviceType.CPU):
             continue  # an operator's device time is its kernels', listed on their own
-        us = event.self_device_time_total if gpu else event.self_cpu_time_total
+        us = event.self_device_time_total if kernels else event.self_cpu_time_total
         if us > 0:
             rows.append({"name": event.key, "ms": us / 1e3 / runs, "calls": event.count / runs})
     return sorted(rows, key=lambda row: -row["ms"])[:top], sum(row["ms"] for row in rows)

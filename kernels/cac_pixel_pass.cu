@@ -14,7 +14,7 @@
 //    just before) so the image segment_sum read last, still in L2, is the first one read here.
 //  - Each channel's 32 weighted values are folded per class with a warp reduction (one butterfly per
 //    distinct class in the warp, usually one), so global atomics are one per warp, class and channel;
-//    a warp of more than two classes adds one atomic per lane instead (warp_class_add).
+//    a warp of more than kButterflyClasses classes adds one atomic per lane instead (warp_class_add).
 //  - Warps whose 32 pixels all lie within the margin (coef = 0, common once training converges) skip
 //    the second read entirely.
 // Deterministic mode (no float atomics): the kernel only writes each pixel's coef and h^2; the class
@@ -29,6 +29,12 @@ using namespace detail;
 
 constexpr int kPix = 32;
 constexpr int kGroups = 16;
+// A warp of at most this many classes folds by butterflies, one of more by one global atomic per lane
+// (warp_classes_at_most); tools/butterfly_tuning.cu measures the choice on a GPU.
+#ifndef CSFR_PIXEL_PASS_BUTTERFLY_CLASSES
+#define CSFR_PIXEL_PASS_BUTTERFLY_CLASSES 8
+#endif
+constexpr int kButterflyClasses = CSFR_PIXEL_PASS_BUTTERFLY_CLASSES;
 
 template <typename T, bool kDet>
 __global__ void __launch_bounds__(kPix * kGroups)
@@ -69,7 +75,7 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
       if (i < N) h2[b * N + i] = h * h;
     } else {
       s_coef[lane] = c;
-      const bool few = warp_few_classes(k);
+      const bool few = warp_classes_at_most<kButterflyClasses>(k);
       warp_class_add(few, k, h * h, [&](int kk, A t) { atomicAdd(hinge + b * K + kk, t); });
       warp_class_add(few, k, c, [&](int kk, A t) { atomicAdd(wcount + b * K + kk, t); });
     }
@@ -81,7 +87,7 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
   const A c = s_coef[lane];
   if (!__any_sync(kFullMask, c != A(0))) return;
   const int kc = c != A(0) ? k : -1;  // pixels with zero weight add nothing
-  const bool few = warp_few_classes(kc);
+  const bool few = warp_classes_at_most<kButterflyClasses>(kc);
   A* ws = wsum + b * K * D;
   for (int64_t d = grp; d < D; d += kGroups) {
     const A v = kc >= 0 ? c * (to_acc(fi[d * N]) - mu[(b * K + kc) * D + d]) : A(0);

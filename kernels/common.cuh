@@ -68,14 +68,15 @@ __device__ __forceinline__ void warp_segment_add(int k, A v, Add add) {
   __syncwarp(kFullMask);
 }
 
-// Whether the warp's lanes hold at most two distinct classes k >= 0 (warp-uniform). Then
-// warp_segment_add's butterflies are cheap; with more (the H200 measured 4x slower segment kernels on
-// label maps of ~15 classes per warp) each lane adds its own value atomically instead: see
-// warp_class_add. All lanes must call.
-__device__ __forceinline__ bool warp_few_classes(int k) {
+// Whether the warp's lanes hold at most kLimit distinct classes k >= 0 (warp-uniform; one vote per
+// class seen, at most kLimit). Then warp_segment_add's butterflies cost less than one atomic per lane
+// (warp_class_add); where the two cost the same depends on the atomic's kind and contention, so each
+// kernel sets its own limit (measured on a GPU by tools/butterfly_tuning.cu). All lanes must call.
+template <int kLimit>
+__device__ __forceinline__ bool warp_classes_at_most(int k) {
   unsigned rest = __ballot_sync(kFullMask, k >= 0);
 #pragma unroll
-  for (int seen = 0; seen < 2 && rest; ++seen) {
+  for (int seen = 0; seen < kLimit && rest; ++seen) {
     const int kl = __shfl_sync(kFullMask, k, __ffs(rest) - 1);
     rest &= ~__ballot_sync(kFullMask, k == kl);
   }
@@ -83,7 +84,7 @@ __device__ __forceinline__ bool warp_few_classes(int k) {
 }
 
 // Adds each lane's `v` to its class k >= 0 through `add`, which must be atomic: one butterfly per
-// class when `few` (warp_few_classes(k), computed once for as many calls as the classes stay), else
+// class when `few` (warp_classes_at_most(k), computed once for as many calls as the classes stay), else
 // one add per lane. All lanes must call.
 template <typename A, typename Add>
 __device__ __forceinline__ void warp_class_add(bool few, int k, A v, Add add) {

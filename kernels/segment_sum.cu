@@ -7,7 +7,8 @@
 //    thread keeps a register run (kDT partial sums) while its warp stays on one class, so the common
 //    step is a load and an add; a run is folded into the block's K x kDT shared-memory table only
 //    when the class changes, with one warp reduction per distinct class (warp_segment_add), or, when
-//    a warp holds more than two classes and the table takes atomics, one shared atomic per lane.
+//    a warp holds more than kButterflyClasses classes and the table takes atomics, one shared atomic
+//    per lane.
 //  - Only after all its pixels does the block add its non-zero table entries to global memory:
 //    K_present * kDT atomics per block instead of one per pixel.
 //  - When K x kDT does not fit in shared memory (K in the many thousands), the same code adds the
@@ -22,6 +23,12 @@ using namespace detail;
 constexpr int kThreads = 256;
 constexpr int kItems = 8;  // pixels per thread
 constexpr int kDT = 8;     // channels per block
+// A mixed warp of at most this many classes folds by butterflies, one of more by one atomic per lane
+// (warp_classes_at_most); tools/butterfly_tuning.cu measures the choice on a GPU.
+#ifndef CSFR_SEGMENT_SUM_BUTTERFLY_CLASSES
+#define CSFR_SEGMENT_SUM_BUTTERFLY_CLASSES 4
+#endif
+constexpr int kButterflyClasses = CSFR_SEGMENT_SUM_BUTTERFLY_CLASSES;
 constexpr int kWarps = kThreads / 32;
 
 template <typename T, bool kShared, bool kDet>
@@ -98,7 +105,7 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
       run_n = w;
       run_k = k0;
     } else {
-      fold(k, v, w, kDet || warp_few_classes(k));
+      fold(k, v, w, kDet || warp_classes_at_most<kButterflyClasses>(k));
     }
   }
   if (run_k >= 0) fold(run_k, run, run_n, true);

@@ -4,6 +4,9 @@ import importlib.util
 import pathlib
 import sys
 
+import pytest
+import torch
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -187,3 +190,23 @@ def test_bench_ops_times_the_host_cost_shape_without_targets(monkeypatch, tmp_pa
     bench.main(["--ops", "gated_blend", "--out", str(tmp_path / "R.md")])
     assert seen == [*bench.SHAPES, bench.HOST_SHAPE]
     assert {c["shape"] for c in bench.check_targets([])} == set(bench.SHAPES)
+
+
+@pytest.mark.cuda
+def test_host_profile_on_a_gpu_lists_the_hosts_side():
+    """At the host-cost shape a call is all host: `top_kernels(host=True)` lists what the host spends its
+    time on (operators, CUDA runtime calls), not the GPU kernels the default lists."""
+    from csfr.profiling import top_kernels
+
+    x = torch.rand(2, 8, 64, device="cuda", requires_grad=True)
+
+    def run():
+        (x.exp() * 2).sum().backward()
+
+    device = torch.device("cuda")
+    host, host_ms = top_kernels(run, device, top=20, host=True)
+    kernels, _ = top_kernels(run, device, top=20)
+    host_names = {row["name"] for row in host}
+    assert "aten::exp" in host_names and host_ms > 0
+    assert not host_names & {row["name"] for row in kernels}  # no kernel among the host's rows
+    assert any(name.startswith("cuda") for name in host_names)  # the launches (cudaLaunchKernel...)

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KERNELS = sorted((ROOT / "kernels").glob("*.cu"))
 GLUE = sorted((ROOT / "csrc" / "cuda").glob("*.cpp"))
 DRIVER = ROOT / "tools" / "kernel_driver.cu"  # host program of make gpu-check: linked against the kernels
+TUNING = ROOT / "tools" / "butterfly_tuning.cu"  # times the segment kernels' butterfly limit (docs/cuda.md)
 ARCHS = ("80", "90")
 _TORCH_NVCC_FLAGS = ("-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                      "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
@@ -80,7 +81,7 @@ def builds(tmp_path_factory):
     jobs, skipped = {}, {}
     if nvcc:
         gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in ARCHS]
-        for src in [*KERNELS, DRIVER]:
+        for src in [*KERNELS, DRIVER, TUNING]:
             # setup.py's nvcc flags plus the half/bfloat16 restrictions torch's build adds
             cmd = [nvcc, "-std=c++17", "-O3", "--use_fast_math", *_TORCH_NVCC_FLAGS, *gencode,
                    f"-I{ROOT / 'kernels'}", "-c", str(src), "-o", str(tmp / f"{src.stem}.o")]
@@ -125,21 +126,22 @@ def test_kernel_compiles_for_sm80_sm90(builds, src):
 
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
-def test_kernel_driver_links_and_needs_a_gpu(builds):
-    """tools/kernel_driver.cu calls every launcher; it links against the kernels' objects, and without
-    a GPU it stops with one line (exit 2) instead of crashing."""
+@pytest.mark.parametrize("program", [DRIVER, TUNING], ids=lambda p: p.name)
+def test_host_program_links_and_needs_a_gpu(builds, program):
+    """tools/kernel_driver.cu calls every launcher, tools/butterfly_tuning.cu times two; each links
+    against the kernels' objects, and without a GPU stops with one line (exit 2) instead of crashing."""
     results, _, tmp = builds
-    rc, out = results[DRIVER]
-    assert rc == 0, f"nvcc failed on {DRIVER.name}:\n{out}"
-    exe = tmp / "kernel_driver"
-    objs = [str(tmp / f"{src.stem}.o") for src in (*KERNELS, DRIVER)]
+    rc, out = results[program]
+    assert rc == 0, f"nvcc failed on {program.name}:\n{out}"
+    exe = tmp / program.stem
+    objs = [str(tmp / f"{src.stem}.o") for src in (*KERNELS, program)]
     link = subprocess.run([_nvcc(), *objs, "-o", str(exe)], capture_output=True, text=True, timeout=300, check=False)
-    assert link.returncode == 0, f"linking the kernel driver failed:\n{link.stdout}{link.stderr}"
+    assert link.returncode == 0, f"linking {program.name} failed:\n{link.stdout}{link.stderr}"
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300, check=False)
     if run.returncode == 2 and "no CUDA device" in run.stderr:
         assert run.stderr.count("\n") == 1 and run.stdout == ""
     else:  # a GPU is visible: the driver's own checks decide
-        assert run.returncode == 0, f"kernel driver failed:\n{run.stdout}{run.stderr}"
+        assert run.returncode == 0, f"{program.name} failed:\n{run.stdout}{run.stderr}"
 
 
 @pytest.mark.parametrize("src", GLUE, ids=lambda p: p.name)
