@@ -87,10 +87,16 @@ def test_check_dry_run_lists_the_steps_in_order():
 def test_bench_dry_run_lists_the_steps_in_order():
     steps = dry_run("bench")
     assert [name for name, _ in steps] == ["build", "bench_ops --device cuda", "bench_ops --device cuda --labels blocky",
-                                           "bench_train_step"]
+                                           "bench_train_step", "butterfly tuning"]
     assert steps[1][1][0].endswith("benchmarks/bench_ops.py --device cuda --profile")
     assert steps[2][1][0].endswith("benchmarks/bench_ops.py --device cuda --labels blocky --profile")
     assert steps[3][1][0].endswith("benchmarks/bench_train_step.py --device cuda")
+    tuning = steps[4][1][0]
+    assert tuning.count("tools/butterfly_tuning.cu kernels/segment_sum.cu kernels/cac_pixel_pass.cu") == 4
+    for n in (2, 4, 8, 32):  # each limit built into its own binary, then run
+        assert f"-DCSFR_SEGMENT_SUM_BUTTERFLY_CLASSES={n} -DCSFR_PIXEL_PASS_BUTTERFLY_CLASSES={n}" in tuning
+        assert tuning.count(f"butterfly_{n}") == 2
+    assert "& wait;" in tuning
 
 
 def test_training_commands_are_accepted_by_the_clis(gpu_check, tmp_path, capsys):
@@ -195,6 +201,17 @@ def test_budget_skips_what_does_not_fit(gpu_check, tmp_path):
 ])
 def test_sanitizer_findings(gpu_check, tool, output, finding):
     assert gpu_check.sanitizer_findings(tool, output) == finding
+
+
+def test_butterfly_findings(gpu_check):
+    row = "| {n} | {kernel} | B=8 D=512 97x97 K=19 | random | 0.373 | {err} |"
+    rows = [row.format(n=n, kernel=k, err="7.5e-08") for n in gpu_check.BUTTERFLY_LIMITS
+            for k in ("segment_sum", "cac_pixel_pass") for _ in range(4)]
+    assert gpu_check.butterfly_findings("\n".join(rows)) is None
+    assert gpu_check.butterfly_findings("\n".join(rows[:-1])).startswith("butterfly tuning printed 31 rows")
+    for bad in ("3.1e-02", "nan"):
+        broken = [*rows[:-1], row.format(n=32, kernel="cac_pixel_pass", err=bad)]
+        assert gpu_check.butterfly_findings("\n".join(broken)) == "wrong sums: limit 32 cac_pixel_pass"
 
 
 def test_summary_names_the_device_and_every_step(gpu_check):

@@ -2,7 +2,8 @@
 
     python tools/gpu_check.py check   # build CUDA in place, pytest -m cuda, kernels under compute-sanitizer,
                                       # train the synthetic preset on the GPU (torchrun, bf16) and on the CPU
-    python tools/gpu_check.py bench   # build, then bench_ops --device cuda and the training-step benchmark
+    python tools/gpu_check.py bench   # build, then bench_ops --device cuda, the training-step benchmark and
+                                      # the segment kernels' butterfly limits (tools/butterfly_tuning.cu)
     python tools/gpu_check.py all     # both in one run: the checks side by side, then the benchmarks alone
     python tools/gpu_check.py check --dry-run   # list the steps and their exact commands; run nothing
     python tools/gpu_check.py wheels pydantic   # where pip can download: wheels of missing packages into .whl/
@@ -48,6 +49,7 @@ TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSION
                     "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
                     "--expt-relaxed-constexpr"]
 SANITIZER_TOOLS = ("memcheck", "racecheck", "synccheck")
+BUTTERFLY_LIMITS = (2, 4, 8, 32)  # the variants `butterfly tuning` times (kernels' defaults: 4 and 8)
 WHEELS = ROOT / ".whl"  # wheels carried to a machine with no package index (git ignores the folder)
 WHEEL_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
 TRAIN_CONFIG = "synthetic"
@@ -192,21 +194,49 @@ def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int, wheels: 
     ]
 
 
-def bench_steps(py: str, arch: str, wheels: list[Path]) -> list[Step]:
+def butterfly_tuning_step(arch: str, work: Path) -> Step:
+    """Times the CUDA segment kernels built with each limit on the classes a warp folds by butterflies
+    (tools/butterfly_tuning.cu; docs/cuda.md): the builds side by side, then each variant alone. Its
+    markdown rows go to the log."""
+    nvcc = find_cuda_tool("nvcc") or "nvcc"
+    sm = arch.replace(".", "")
+    sources = "tools/butterfly_tuning.cu kernels/segment_sum.cu kernels/cac_pixel_pass.cu"
+    builds = " & ".join(
+        f"{shlex.quote(nvcc)} -std=c++17 -O3 {' '.join(TORCH_NVCC_FLAGS)} -gencode=arch=compute_{sm},code=sm_{sm} "
+        f"-Ikernels -DCSFR_SEGMENT_SUM_BUTTERFLY_CLASSES={n} -DCSFR_PIXEL_PASS_BUTTERFLY_CLASSES={n} {sources} "
+        f"-o {shlex.quote(str(work / f'butterfly_{n}'))}" for n in BUTTERFLY_LIMITS)
+    runs = " && ".join(shlex.quote(str(work / f"butterfly_{n}")) for n in BUTTERFLY_LIMITS)
+    header = "echo '| limit | kernel | shape | labels | median ms | rel. error |'; echo '|---:|---|---|---|---:|---:|'"
+    return Step("butterfly tuning", [["bash", "-c", f"{builds} & wait; {header}; {runs}"]], 150,
+                check=butterfly_findings)
+
+
+def butterfly_findings(output: str) -> str | None:
+    """Whether tools/butterfly_tuning.cu printed every row (2 kernels x 4 cases per limit) and every
+    variant's sums matched the float64 reference (relative error under 1e-5, float32 sums)."""
+    rows = re.findall(r"^\| (\d+) \| (\w+) \| [^|]+ \| \w+ \| [\d.]+ \| ([\d.e+-]+|nan|inf) \|$", output, re.MULTILINE)
+    if len(rows) != 8 * len(BUTTERFLY_LIMITS):
+        return f"butterfly tuning printed {len(rows)} rows of {8 * len(BUTTERFLY_LIMITS)}"
+    wrong = [f"limit {n} {kernel}" for n, kernel, err in rows if not float(err) < 1e-5]
+    return f"wrong sums: {', '.join(wrong)}" if wrong else None
+
+
+def bench_steps(py: str, arch: str, work: Path, wheels: list[Path]) -> list[Step]:
     """`make gpu-bench`: build, operator benchmark on CUDA (random, then blocky labels), training-step
-    benchmark."""
+    benchmark, the segment kernels' butterfly limits."""
     return [
         *build_steps(py, arch, wheels),
         Step("bench_ops --device cuda", [[py, "benchmarks/bench_ops.py", "--device", "cuda", "--profile"]], 330),
         Step("bench_ops --device cuda --labels blocky",
              [[py, "benchmarks/bench_ops.py", "--device", "cuda", "--labels", "blocky", "--profile"]], 240),
         Step("bench_train_step", [[py, "benchmarks/bench_train_step.py", "--device", "cuda"]], 180),
+        butterfly_tuning_step(arch, work),
     ]
 
 
 def all_steps(py: str, arch: str, work: Path, iters: int, nproc: int, wheels: list[Path]) -> list[Step]:
     """`make gpu-all`: check's steps, then bench's after them (alone, so their timings are undisturbed)."""
-    return [*check_steps(py, arch, work, iters, nproc, wheels), *bench_steps(py, arch, wheels)[1:]]
+    return [*check_steps(py, arch, work, iters, nproc, wheels), *bench_steps(py, arch, work, wheels)[1:]]
 
 
 def train_report(work: Path, iters: int) -> list[str]:
@@ -426,7 +456,7 @@ def main(argv=None) -> int:
     arch = arch or "X.Y"
     wheels = wheels_to_install(WHEELS)
     steps = {"check": lambda: check_steps(py, arch, work, args.iters, args.nproc, wheels),
-             "bench": lambda: bench_steps(py, arch, wheels),
+             "bench": lambda: bench_steps(py, arch, work, wheels),
              "all": lambda: all_steps(py, arch, work, args.iters, args.nproc, wheels)}[args.target]()
     if args.dry_run:
         if arch == "X.Y":
