@@ -150,13 +150,12 @@ void run_case(int64_t B, int64_t D, int64_t H, int64_t W, int64_t K, bool blocky
   check(cudaMemcpy(got.data(), dwsum, got.size() * 4, cudaMemcpyDeviceToHost), "cudaMemcpy");
   const double pix_err = rel_error(got, wsum);
 
-  const char* labels = blocky ? "blocky" : "random";
-  std::printf("| %d | segment_sum | B=%lld D=%lld %lldx%lld K=%lld | %s | %.3f | %.1e |\n",
-              CSFR_SEGMENT_SUM_BUTTERFLY_CLASSES, (long long)B,
-              (long long)D, (long long)H, (long long)W, (long long)K, labels, seg_ms, seg_err);
-  std::printf("| %d | cac_pixel_pass | B=%lld D=%lld %lldx%lld K=%lld | %s | %.3f | %.1e |\n",
-              CSFR_PIXEL_PASS_BUTTERFLY_CLASSES, (long long)B,
-              (long long)D, (long long)H, (long long)W, (long long)K, labels, pix_ms, pix_err);
+  auto row = [&](int limit, const char* kernel, float ms, double err) {
+    std::printf("| %d | %s | B=%lld D=%lld %lldx%lld K=%lld | %s | %.3f | %.1e |\n", limit, kernel, (long long)B,
+                (long long)D, (long long)H, (long long)W, (long long)K, blocky ? "blocky" : "random", ms, err);
+  };
+  row(CSFR_SEGMENT_SUM_BUTTERFLY_CLASSES, "segment_sum", seg_ms, seg_err);
+  row(CSFR_PIXEL_PASS_BUTTERFLY_CLASSES, "cac_pixel_pass", pix_ms, pix_err);
   for (void* p : {(void*)df, (void*)dmu, (void*)dy, (void*)dsums, (void*)dcounts, (void*)dcoef, (void*)dhinge,
                   (void*)dwsum, (void*)dwcount})
     check(cudaFree(p), "cudaFree");

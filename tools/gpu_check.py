@@ -151,15 +151,20 @@ def build_steps(py: str, arch: str, wheels: list[Path]) -> list[Step]:
                  env={"CSFR_BUILD_CUDA": "1", "TORCH_CUDA_ARCH_LIST": arch}, required=True)]
 
 
+def nvcc_command(arch: str) -> list[str]:
+    """nvcc with the flags the host programs of tools/ are built with against kernels/, for the GPU's
+    architecture `arch` (e.g. 9.0): torch's half/bfloat16 restrictions, as in the extension."""
+    sm = arch.replace(".", "")
+    return [find_cuda_tool("nvcc") or "nvcc", "-std=c++17", "-O3", *TORCH_NVCC_FLAGS,
+            f"-gencode=arch=compute_{sm},code=sm_{sm}", "-Ikernels"]
+
+
 def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int, wheels: list[Path]) -> list[Step]:
     """`make gpu-check`: build, pytest -m cuda, sanitizers, GPU and CPU training of the synthetic preset."""
-    nvcc = find_cuda_tool("nvcc") or "nvcc"
     sanitizer = find_cuda_tool("compute-sanitizer") or "compute-sanitizer"
-    sm = arch.replace(".", "")
     driver = str(work / "kernel_driver")
     sources = ["tools/kernel_driver.cu", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels").glob("*.cu"))]
-    compile_driver = [nvcc, "-std=c++17", "-O3", "-lineinfo", *TORCH_NVCC_FLAGS,
-                      f"-gencode=arch=compute_{sm},code=sm_{sm}", "-Ikernels", *sources, "-o", driver]
+    compile_driver = [*nvcc_command(arch), "-lineinfo", *sources, "-o", driver]
 
     def sanitize(tool: str) -> Step:
         leak = ["--leak-check", "full"] if tool == "memcheck" else []
@@ -198,13 +203,10 @@ def butterfly_tuning_step(arch: str, work: Path) -> Step:
     """Times the CUDA segment kernels built with each limit on the classes a warp folds by butterflies
     (tools/butterfly_tuning.cu; docs/cuda.md): the builds side by side, then each variant alone. Its
     markdown rows go to the log."""
-    nvcc = find_cuda_tool("nvcc") or "nvcc"
-    sm = arch.replace(".", "")
-    sources = "tools/butterfly_tuning.cu kernels/segment_sum.cu kernels/cac_pixel_pass.cu"
-    builds = " & ".join(
-        f"{shlex.quote(nvcc)} -std=c++17 -O3 {' '.join(TORCH_NVCC_FLAGS)} -gencode=arch=compute_{sm},code=sm_{sm} "
-        f"-Ikernels -DCSFR_SEGMENT_SUM_BUTTERFLY_CLASSES={n} -DCSFR_PIXEL_PASS_BUTTERFLY_CLASSES={n} {sources} "
-        f"-o {shlex.quote(str(work / f'butterfly_{n}'))}" for n in BUTTERFLY_LIMITS)
+    sources = ["tools/butterfly_tuning.cu", "kernels/segment_sum.cu", "kernels/cac_pixel_pass.cu"]
+    builds = " & ".join(shlex.join([
+        *nvcc_command(arch), f"-DCSFR_SEGMENT_SUM_BUTTERFLY_CLASSES={n}", f"-DCSFR_PIXEL_PASS_BUTTERFLY_CLASSES={n}",
+        *sources, "-o", str(work / f"butterfly_{n}")]) for n in BUTTERFLY_LIMITS)
     runs = " && ".join(shlex.quote(str(work / f"butterfly_{n}")) for n in BUTTERFLY_LIMITS)
     header = "echo '| limit | kernel | shape | labels | median ms | rel. error |'; echo '|---:|---|---|---|---:|---:|'"
     return Step("butterfly tuning", [["bash", "-c", f"{builds} & wait; {header}; {runs}"]], 150,
