@@ -59,20 +59,16 @@ std::vector<int32_t> compact_labels(const Tensor& labels, int64_t K, int64_t ign
   const int64_t total = labels.numel();
   const int64_t* src = labels.data_ptr<int64_t>();
   std::vector<int32_t> out(total);
-  int64_t bad = -1;
   for (int64_t i = 0; i < total; ++i) {
     const int64_t y = src[i];
     if (y == ignore_index) {
       out[i] = -1;
-    } else if (y < 0 || y >= K) {
-      bad = y;
-      break;
     } else {
+      TORCH_CHECK(y >= 0 && y < K, "csfr: label value ", y, " is outside [0, ", K, ") and is not ignore_index=",
+                  ignore_index);
       out[i] = static_cast<int32_t>(y);
     }
   }
-  TORCH_CHECK(bad < 0 || bad == ignore_index, "csfr: label value ", bad, " is outside [0, ", K,
-              ") and is not ignore_index=", ignore_index);
   return out;
 }
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def check_features_labels(feats: Tensor, labels: Tensor, num_classes: int, op: str) -> None:
@@ -25,6 +26,8 @@ def check_features_labels(feats: Tensor, labels: Tensor, num_classes: int, op: s
         raise TypeError(f"{op}: features must be float32/float16/bfloat16/float64, got {feats.dtype}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"{op}: labels must be an integer tensor, got {labels.dtype}")
+    if labels.dtype not in LABEL_DTYPES:
+        raise TypeError(f"{op}: labels must be uint8, int8, int16, int32 or int64, got {labels.dtype}")
     if feats.dim() < 2:
         raise ValueError(f"{op}: features must be [B, D, *spatial], got shape {tuple(feats.shape)}")
     if tuple(labels.shape) != (feats.shape[0], *feats.shape[2:]):
@@ -48,19 +51,26 @@ def host_checks(t: Tensor) -> bool:
 def check_label_values(labels: Tensor, num_classes: int, ignore_index: int, op: str) -> None:
     """Every label is in [0, num_classes) or equals ignore_index; names the first offender.
 
+    Compared in the labels' own dtype without wrapping: an ignore_index the dtype cannot hold
+    (255 in int8) matches no label, so an int8 -1 is refused, never taken for 255.
     On device tensors a device-side assertion (no host sync): it fails at a later CUDA call,
     with this message but without the value; the kernels ignore such labels meanwhile.
     """
-    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    info = torch.iinfo(labels.dtype)
+    bad = (labels < 0) | (labels > min(num_classes - 1, info.max))
+    fits = info.min <= ignore_index <= info.max
+    if fits:
+        bad &= labels != ignore_index
+    note = f"labels are {labels.dtype}" + ("" if fits else f", which cannot hold {ignore_index}")
     if not host_checks(labels):
         torch._assert_async(~bad.any(), f"{op}: a label value is outside [0, {num_classes}) and is not "
-                            f"ignore_index={ignore_index} (check the labels on the CPU to see which)")
+                            f"ignore_index={ignore_index} ({note}; check the labels on the CPU to see which)")
         return
     if bool(bad.any()):
         value = int(labels[bad][0])
         where = tuple(int(i) for i in bad.nonzero()[0])
         raise ValueError(f"{op}: label value {value} at index {where} is outside [0, {num_classes}) "
-                         f"and is not ignore_index={ignore_index}")
+                         f"and is not ignore_index={ignore_index} ({note})")
 
 
 class NonFiniteFeatures(ValueError):

@@ -19,8 +19,9 @@ def _acc(t: Tensor) -> Tensor:
 
 
 def _flatten(feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """[B,D,N] features in the accumulation dtype, [B,N] int64 labels (one_hot takes no other)."""
     b, d = feats.shape[:2]
-    return _acc(feats.reshape(b, d, -1)), labels.reshape(b, -1)
+    return _acc(feats.reshape(b, d, -1)), labels.reshape(b, -1).long()
 
 
 def _safe_norm(x: Tensor, dim: int) -> Tensor:
