@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from csfr import configs
 from csfr.data import SyntheticScenes, collate, test_pipeline, train_pipeline
 from csfr.data.transforms import (
     MEAN,
@@ -16,6 +17,7 @@ from csfr.data.transforms import (
     random_flip,
     random_rescale,
 )
+from csfr.engine.builders import build_datasets
 
 
 def painted(h=60, w=80):
@@ -178,3 +180,19 @@ def test_collate_shapes_and_mismatch_error():
     other = SyntheticScenes("val", num_classes=3, size=16, length=1)[0]
     with pytest.raises(ValueError, match="items differ in size"):
         collate([ds[0], other])
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_the_config_switches_the_flip(flip):
+    """data.flip reaches the training pipeline: with it off, no item of 12 is ever mirrored."""
+    config = configs.resolve("synthetic", [f"data.flip={str(flip).lower()}", "data.photometric=false",
+                                           "data.ratio_range=[1.0,1.0]", "data.options.size=64",
+                                           "data.crop_size=[64,64]", "data.base_size=[64,64]"])
+    train, _ = build_datasets(config)
+    mirrored = 0
+    for i in range(12):
+        label = train.scene(i)[1]
+        item = train[i]["label"]
+        assert np.array_equal(item, label) or np.array_equal(item, label[:, ::-1])
+        mirrored += not np.array_equal(item, label)
+    assert (mirrored > 0) == flip

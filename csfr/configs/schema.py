@@ -67,6 +67,7 @@ class DataConfig(_Strict):
     crop_size: Size
     ratio_range: Ratios
     cat_max_ratio: _number("a number in (0, 1]", gt=0, le=1)
+    flip: Flag
     photometric: Flag
     workers: NonNegativeInt
     val_options: Section

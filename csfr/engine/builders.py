@@ -19,7 +19,7 @@ def build_datasets(config: dict, train: bool = True) -> tuple[SegmentationDatase
     if not train:
         return None, val
     augment = train_pipeline(_size(data["base_size"]), _size(data["crop_size"]), tuple(data["ratio_range"]),
-                             data["cat_max_ratio"], photometric=data["photometric"])
+                             data["cat_max_ratio"], flip=data["flip"], photometric=data["photometric"])
     return build_dataset(data["dataset"], data["root"], data["train_split"], transform=augment, seed=seed,
                          **data["options"]), val
 
