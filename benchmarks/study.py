@@ -46,8 +46,8 @@ from csfr.models.registry import used_options
 from csfr.profiling import device_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ops import write_section  # benchmarks/ is a folder of scripts, not a package
 from features import feature_report, plot_panels
+from results_file import write_section  # benchmarks/ is a folder of scripts, not a package
 
 # head -> (baseline model, CSFR model on that head)
 HEADS = {"fcn": ("fcn_r50_d8", "csfr_r50_d8"), "deeplabv3": ("deeplabv3_r50_d8", "csfr_deeplabv3_r50_d8"),
@@ -79,9 +79,10 @@ TABLES: dict[str, list[Arm]] = {
     "cac_weight": [BASELINE, *(_weight(w) for w in (0.01, 0.03, 0.1, 0.3, 1.0))],
     "margins": [BASELINE, *(Arm(f"margins x{m:g} (delta_v {0.5 * m:g}, delta_d {1.5 * m:g})", True,
                                 (("delta_v", 0.5 * m), ("delta_d", 1.5 * m))) for m in (0.25, 1, 4))],
-    "cac_space": [BASELINE, Arm("CAC on raw S", True),
-                  Arm("CAC on L2-normalised S (delta_v 0.1, delta_d 0.5)", True,
-                      (("cac_normalize", True), ("delta_v", 0.1), ("delta_d", 0.5))),
+    "cac_space": [BASELINE, Arm("CAC on S / its RMS norm (the presets')", True),
+                  Arm("CAC on raw S (delta_v 0.5, delta_d 1.5)", True,
+                      (("cac_normalize", "none"), ("delta_v", 0.5), ("delta_d", 1.5))),
+                  Arm("CAC on per-pixel L2-normalised S", True, (("cac_normalize", "pixel"),)),
                   Arm("CAC on a 16-channel projection of S", True, (("cac_projection", 16),))],
     "dim": [BASELINE, *(Arm(f"C-S dimension {d}", True, (("csfr_dim", d),)) for d in (16, 32, 64, 128))],
     "gate": [BASELINE, *(Arm(f"gate {g}", True, (("gate", g),)) for g in ("pixel_channel", "pixel", "channel",

@@ -39,6 +39,14 @@ def _label_map(labels: Tensor, batch: int, where: str) -> Tensor:
     return labels
 
 
+CENTROIDS = ("image", "batch")
+
+
+def check_centroids(centroids: str) -> None:
+    if centroids not in CENTROIDS:
+        raise ValueError(f"unknown cac_centroids {centroids!r}; valid: {', '.join(CENTROIDS)}")
+
+
 class ClassAwareConsistencyLoss(nn.Module):
     """CAC loss on C-S features [B,D,h,w] against the full-resolution label map [B,H,W]
     (or MMSegmentation's [B,1,H,W]).
@@ -46,21 +54,38 @@ class ClassAwareConsistencyLoss(nn.Module):
     Labels are nearest-downsampled to h x w (labels smaller than the features raise ValueError),
     then the fused `cac_loss` operator runs. The result is a dict of the two weighted terms, so a
     training loop can log them apart.
+
+    Args:
+        num_classes: K; labels outside [0, K) other than `ignore_index` are refused.
+        delta_v, delta_d: the intra (pull) and inter (push) margins, in the features' units.
+        w_intra, w_inter: weights of the two terms.
+        ignore_index: the label of pixels that count nowhere.
+        backend: kernel backend of the fused operator ("auto", "torch", "cpu", "cuda", "triton").
+        centroids: "image" (a centroid per image and class, the operator's own definition) or
+            "batch" (one per class over the whole batch: pixels of one class in different images
+            are pulled to one centroid, and classes of different images are pushed apart).
     """
 
-    def __init__(self, num_classes: int, delta_v: float = 0.5, delta_d: float = 1.5,
+    def __init__(self, num_classes: int, *, delta_v: float = 0.5, delta_d: float = 1.5,
                  w_intra: float = 1.0, w_inter: float = 1.0, ignore_index: int = 255,
-                 backend: str = "auto"):
+                 backend: str = "auto", centroids: str = "image"):
         super().__init__()
+        check_centroids(centroids)
         self.num_classes, self.ignore_index, self.backend = num_classes, ignore_index, backend
         self.delta_v, self.delta_d = delta_v, delta_d
         self.w_intra, self.w_inter = w_intra, w_inter
+        self.centroids = centroids
 
     def forward(self, feats: Tensor, labels: Tensor) -> dict[str, Tensor]:
+        """{"cac_intra", "cac_inter"}: the weighted terms, scalars (float32; float64 for float64 features)."""
         if feats.dim() != 4:
             raise ValueError(f"ClassAwareConsistencyLoss: features must be [B, D, h, w], got {tuple(feats.shape)}")
         labels = _label_map(labels, feats.shape[0], "ClassAwareConsistencyLoss")
         small = downsample_labels(labels, tuple(feats.shape[-2:]))
+        if self.centroids == "batch":  # the batch as one tall image: [1, D, B*h, w], labels [1, B*h, w]
+            b, d, h, w = feats.shape
+            feats = feats.transpose(0, 1).reshape(1, d, b * h, w)
+            small = small.reshape(1, b * h, w)
         intra, inter = cac_terms(feats, small, self.num_classes, self.delta_v, self.delta_d,
                                  self.ignore_index, self.backend)
         return {"cac_intra": self.w_intra * intra, "cac_inter": self.w_inter * inter}
@@ -72,7 +97,8 @@ class ClassAwareConsistencyLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, delta_v={self.delta_v}, delta_d={self.delta_d}, "
-                f"w_intra={self.w_intra}, w_inter={self.w_inter}, ignore_index={self.ignore_index}")
+                f"w_intra={self.w_intra}, w_inter={self.w_inter}, ignore_index={self.ignore_index}, "
+                f"centroids={self.centroids!r}")
 
 
 class SegmentationCrossEntropy(nn.Module):

@@ -31,6 +31,34 @@ def test_cac_loss_module_matches_reference_on_downsampled_labels():
     assert torch.isfinite(feats.grad).all() and feats.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_batch_centroids_are_one_centroid_per_class_over_the_batch(backend):
+    """centroids="batch": per class, one mean over every image's pixels (pulled together across
+    images), pairs of classes present anywhere in the batch pushed apart; the reference's terms on
+    the per-class pixel sets pooled over the batch, computed here by hand."""
+    torch.manual_seed(0)
+    feats = (torch.rand(3, 8, 5, 6) + 2.0).requires_grad_()  # post-ReLU-like, a large common mean
+    labels = torch.randint(0, 4, (3, 5, 6))
+    labels[0][labels[0] == 3] = 1  # class 3 absent from image 0
+    labels[2, :2] = 255
+    loss = ClassAwareConsistencyLoss(4, delta_v=0.1, delta_d=1.0, backend=backend, centroids="batch")
+    terms = loss(feats, labels)
+    f, y = feats.detach().permute(0, 2, 3, 1).reshape(-1, 8), labels.reshape(-1)
+    present = [k for k in range(4) if (y == k).any()]
+    mu = {k: f[y == k].mean(0) for k in present}
+    intra = torch.stack([((f[y == k] - mu[k]).norm(dim=1) - 0.1).clamp_min(0).square().mean() for k in present]).mean()
+    inter = torch.stack([(2.0 - (mu[a] - mu[c]).norm()).clamp_min(0).square()
+                         for a in present for c in present if a != c]).mean()
+    torch.testing.assert_close(terms["cac_intra"], intra)
+    torch.testing.assert_close(terms["cac_inter"], inter)
+    per_image = ClassAwareConsistencyLoss(4, delta_v=0.1, delta_d=1.0, backend=backend)(feats, labels)
+    assert not torch.allclose(per_image["cac_intra"], intra)  # the two definitions do differ here
+    (terms["cac_intra"] + terms["cac_inter"]).backward()
+    assert torch.isfinite(feats.grad).all() and feats.grad[2, :, 2:].abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown cac_centroids 'epoch'; valid: image, batch"):
+        ClassAwareConsistencyLoss(4, centroids="epoch")
+
+
 @pytest.mark.parametrize("labels, match", [
     (torch.zeros(2, 8, dtype=torch.long), r"\[B, H, W\]"),
     (torch.zeros(2, 8, 8), "integer"),

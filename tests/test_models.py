@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from csfr import models
+from csfr import configs, models
 from csfr.losses import ClassAwareConsistencyLoss, SegmentationCrossEntropy
 from csfr.models import registry
 from csfr.models.resnet import ResNet
@@ -29,9 +29,9 @@ def batch(size=33, b=2):
 
 
 # a valid value other than the default for each CSFR-only option
-_OTHER_VALUES = {"backend": "torch", "csfr_dim": 8, "csflm_convs": 1, "gate": "pixel", "aam_fuses": "backbone",
-                 "cac_projection": 4, "cac_normalize": True, "delta_v": 0.3, "delta_d": 1.0, "w_intra": 0.5,
-                 "w_inter": 0.5}
+_OTHER_VALUES = {"backend": "torch", "csfr_dim": 8, "csflm_convs": 1, "gate": "pixel", "aam_fuses": "head",
+                 "cac_projection": 4, "cac_normalize": "pixel", "cac_centroids": "batch", "delta_v": 0.3,
+                 "delta_d": 1.0, "w_intra": 0.5, "w_inter": 0.5}
 
 
 @pytest.mark.parametrize("head", ["fcn", "deeplabv3", "pspnet"])
@@ -130,8 +130,16 @@ def test_training_returns_weighted_losses_and_gradients_reach_every_parameter(na
                                                       for n, _ in model.named_parameters())
 
 
-def test_losses_and_fusion_are_the_documented_ones():
-    model = tiny("csfr_r50_d8", w_intra=0.3, w_inter=0.2, delta_v=0.25, delta_d=1.0).train()
+def test_build_defaults_are_the_presets():
+    """models.build("csfr_...") trains what the presets train: one source for the CSFR options."""
+    preset = configs.load("base")["model"]["options"]
+    assert {k: preset.get(k, v) for k, v in registry.DEFAULTS.items() if k in registry.CSFR_OPTIONS} == \
+        {k: v for k, v in registry.DEFAULTS.items() if k in registry.CSFR_OPTIONS}
+
+
+@pytest.mark.parametrize("normalize", ["none", "pixel", "batch"])
+def test_losses_and_fusion_are_the_documented_ones(normalize):
+    model = tiny("csfr_r50_d8", w_intra=0.3, w_inter=0.2, delta_v=0.25, delta_d=1.0, cac_normalize=normalize).train()
     seen = {}
     model.head.aam.register_forward_hook(lambda m, inputs, out: seen.update(x=inputs[0], s=inputs[1], z=out))
     model.head.aam.gate.register_forward_hook(lambda m, inputs, out: seen.update(g=out))
@@ -140,9 +148,11 @@ def test_losses_and_fusion_are_the_documented_ones():
     x, s, z, g = seen["x"], seen["s"], seen["z"], seen["g"]
     assert g.shape == x.shape == s.shape
     assert torch.allclose(z, x + torch.sigmoid(g) * (s - x), atol=1e-6)
-    cac = ClassAwareConsistencyLoss(K, delta_v=0.25, delta_d=1.0, w_intra=0.3, w_inter=0.2)(s, labels)
+    scale = {"none": 1.0, "pixel": s.norm(dim=1, keepdim=True), "batch": s.square().sum(1).mean().sqrt()}[normalize]
+    cac = ClassAwareConsistencyLoss(K, delta_v=0.25, delta_d=1.0, w_intra=0.3, w_inter=0.2)(s / scale, labels)
+    factor = 1.0 if normalize == "none" else s.shape[1] ** 0.5  # docs/models.md, "The CAC loss's scale"
     for key in ("cac_intra", "cac_inter"):
-        assert torch.allclose(out["losses"][key], cac[key])
+        assert torch.allclose(out["losses"][key], factor * cac[key], rtol=1e-5)
     assert torch.allclose(out["losses"]["ce"], SegmentationCrossEntropy()(out["logits"], labels))
 
 
@@ -256,6 +266,8 @@ def test_bad_input_is_named_before_any_work():
     ({"dropout": 1.0}, ValueError, "dropout must be >= 0 and < 1"),
     ({"aux_weight": -0.4}, ValueError, "aux_weight must be >= 0"),
     ({"delta_d": "1.5"}, TypeError, "delta_d must be a number"),
+    ({"cac_normalize": True}, ValueError, "unknown cac_normalize True; valid: none, pixel, batch"),
+    ({"cac_centroids": "epoch"}, ValueError, "unknown cac_centroids 'epoch'; valid: image, batch"),
     ({"pretrained": "/nowhere/r50.pth"}, FileNotFoundError, "nothing is downloaded"),
 ])
 def test_bad_options_are_named_before_anything_is_built(monkeypatch, options, error, message):

@@ -1,17 +1,20 @@
-"""The CSFR head: CSFLM (C-S features trained by the CAC loss) and AAM (gated fusion with X).
+"""The CSFR head: CSFLM (C-S features trained by the CAC loss) and AAM (gated fusion with the
+backbone's features).
 
 CSFLM maps the head features X to the consistent-separable features S (`dim` channels) with
 conv-BN-ReLU layers; the CAC loss pulls S towards its class centroid and pushes centroids apart.
-AAM computes gate logits G from [X, S] and fuses z = X + sigmoid(G) (S' - X) with the fused
-`gated_blend` operator, S' being S (or S projected to X's width when `dim` differs). The gate is
+AAM fuses S with the backbone's stage-4 features brought to X's width, B = R(c4) (the abstract:
+"the C-S features and original features from backbone"; `aam_fuses="head"` fuses with X
+instead): gate logits G from [B, S], z = B + sigmoid(G) (S' - B) with the fused `gated_blend`
+operator, S' being S (or S projected to B's width when `dim` differs). The gate is
 per pixel and channel by default; "pixel" gives one gate per pixel, "channel" an SE-style gate
-per channel from globally pooled [X, S], "fixed" no learned gate at all (z = (X + S') / 2, the
+per channel from globally pooled [B, S], "fixed" no learned gate at all (z = (B + S') / 2, the
 ablation's "CSFLM without AAM").
 
-Study options (the paper leaves them open; see docs/study.md): the CAC loss can see S, its
-per-pixel L2-normalised form, or a 1x1 linear projection of it (`cac_projection` channels), and
-the AAM can fuse S with X (`aam_fuses="head"`) or with the backbone's stage-4 features
-(`"backbone"`, brought to X's width by a 1x1 conv-BN-ReLU).
+Study options (the paper leaves them open; see docs/study.md): the CAC loss can see S or a 1x1
+linear projection of it (`cac_projection` channels), at its own scale, per-pixel L2-normalised or
+divided by the batch's RMS norm (`cac_normalize`), with centroids per image or per batch
+(`cac_centroids`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from csfr.ops import gated_blend
 
 GATES = ("pixel_channel", "pixel", "channel", "fixed")
 AAM_INPUTS = ("head", "backbone")
+NORMALIZE = ("none", "pixel", "batch")
 
 
 def check_gate(gate: str) -> None:
@@ -36,6 +40,11 @@ def check_gate(gate: str) -> None:
 def check_aam_input(fuses: str) -> None:
     if fuses not in AAM_INPUTS:
         raise ValueError(f"unknown aam_fuses {fuses!r}; valid: {', '.join(AAM_INPUTS)}")
+
+
+def check_normalize(normalize: str) -> None:
+    if normalize not in NORMALIZE:
+        raise ValueError(f"unknown cac_normalize {normalize!r}; valid: {', '.join(NORMALIZE)}")
 
 
 class CSFLM(nn.Sequential):
@@ -76,33 +85,70 @@ class AAM(nn.Module):
 
 
 class CACOnS(nn.Module):
-    """The CAC loss on S (default), on a 1x1 linear projection of it (`projection` channels, the
-    discriminative loss's small embedding) and/or on its per-pixel L2-normalised form (unit norm,
-    so the margins are relative to the feature scale). Training only: inference never runs it."""
+    """The CAC loss on S (default) or on a 1x1 linear projection of it (`projection` channels, the
+    discriminative loss's small embedding), at the scale `normalize` sets:
 
-    def __init__(self, loss: ClassAwareConsistencyLoss, dim: int, projection: int = 0, normalize: bool = False):
+    - "none": S as it is; the margins are absolute, so the loss's strength grows with the feature
+      scale (post-ReLU S of D channels has norms ~ sqrt(D)).
+    - "pixel": each pixel's feature L2-normalised (unit vectors: distances at most 2).
+    - "batch": S divided by the batch's root-mean-square feature norm (detached), so the mean
+      squared norm is 1 and the margins are relative to the features' scale, while the geometry
+      (relative distances, norms) of S is kept.
+
+    Both normalised forms multiply the two terms by sqrt(D): the gradient through a division by a
+    norm ~ sqrt(D) shrinks like 1 / sqrt(D), while the cross-entropy's gradient on the head does
+    not depend on D, so without the factor a weight tuned at D = 64 would be ~2.8x weaker at
+    D = 512 (with "none", ~3x stronger). Tested in tests/test_models_cac_scale.py.
+
+    Training only: inference never runs it."""
+
+    def __init__(self, loss: ClassAwareConsistencyLoss, dim: int, projection: int = 0, normalize: str = "none"):
         super().__init__()
+        check_normalize(normalize)
         self.loss, self.normalize = loss, normalize
         self.embed = nn.Conv2d(dim, projection, 1) if projection else None
 
     def forward(self, s: Tensor, labels: Tensor) -> dict[str, Tensor]:
         if self.embed is not None:
             s = self.embed(s)
-        if self.normalize:
+        if self.normalize == "none":
+            return self.loss(s, labels)
+        if self.normalize == "pixel":
             s = F.normalize(s, dim=1)
-        return self.loss(s, labels)
+        else:
+            s = s / s.detach().float().square().sum(1).mean().sqrt().clamp_min(1e-12).to(s.dtype)
+        return {name: term * s.shape[1] ** 0.5 for name, term in self.loss(s, labels).items()}
 
 
 class CSFRHead(nn.Module):
-    """Wraps a baseline head: X = head(c4) -> S = CSFLM(X) -> z = AAM(X, S) (or AAM(R(c4), S) with
-    `aam_fuses="backbone"`, R a 1x1 conv-BN-ReLU from the `in_ch` stage-4 channels to X's width).
-    `forward` returns (z, S); the CAC loss on S is computed by `cac(S, labels)`."""
+    """Wraps a baseline head: X = head(c4) -> S = CSFLM(X) -> z = AAM(R(c4), S), R a 1x1
+    conv-BN-ReLU from the `in_ch` stage-4 channels to X's width (the abstract's "C-S features and
+    original features from backbone"), or z = AAM(X, S) with `aam_fuses="head"`.
 
-    def __init__(self, head: nn.Module, num_classes: int, dim: int = 512, gate: str = "pixel_channel",
+    Args:
+        head: the baseline head (its `channels` attribute is X's width C).
+        num_classes: K, for the CAC loss.
+        dim: channels D of S.
+        gate: AAM gate, one of GATES.
+        csflm_convs: conv-BN-ReLU layers of the CSFLM.
+        delta_v, delta_d, w_intra, w_inter, ignore_index, backend: the CAC loss's (see
+            ClassAwareConsistencyLoss).
+        norm: "bn" or "syncbn".
+        aam_fuses: "backbone" (default) or "head", what the AAM fuses S with.
+        in_ch: stage-4 channels (needed with aam_fuses="backbone").
+        cac_projection: CAC on S (0) or on a 1x1 linear projection of S to this many channels.
+        cac_normalize: "none", "pixel" or "batch" (see CACOnS).
+        cac_centroids: "image" or "batch" (see ClassAwareConsistencyLoss).
+
+    `forward(c4 [B, in_ch, h, w])` returns (z [B, C, h, w], S [B, D, h, w]); the CAC loss on S is
+    `cac(S, labels)`.
+    """
+
+    def __init__(self, head: nn.Module, num_classes: int, *, dim: int = 512, gate: str = "pixel_channel",
                  csflm_convs: int = 2, delta_v: float = 0.5, delta_d: float = 1.5, w_intra: float = 1.0,
                  w_inter: float = 1.0, ignore_index: int = 255, norm: str = "bn", backend: str = "auto",
-                 aam_fuses: str = "head", in_ch: int | None = None, cac_projection: int = 0,
-                 cac_normalize: bool = False):
+                 aam_fuses: str = "backbone", in_ch: int | None = None, cac_projection: int = 0,
+                 cac_normalize: str = "none", cac_centroids: str = "image"):
         super().__init__()
         check_aam_input(aam_fuses)
         if aam_fuses == "backbone" and in_ch is None:
@@ -111,7 +157,9 @@ class CSFRHead(nn.Module):
         self.csflm = CSFLM(head.channels, dim, csflm_convs, norm)
         self.reduce = ConvBNReLU(in_ch, head.channels, 1, norm=norm) if aam_fuses == "backbone" else None
         self.aam = AAM(head.channels, dim, gate, norm, backend)
-        loss = ClassAwareConsistencyLoss(num_classes, delta_v, delta_d, w_intra, w_inter, ignore_index, backend)
+        loss = ClassAwareConsistencyLoss(num_classes, delta_v=delta_v, delta_d=delta_d, w_intra=w_intra,
+                                         w_inter=w_inter, ignore_index=ignore_index, backend=backend,
+                                         centroids=cac_centroids)
         self.cac = CACOnS(loss, dim, cac_projection, cac_normalize)
 
     def forward(self, c4: Tensor) -> tuple[Tensor, Tensor]:

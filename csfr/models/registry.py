@@ -10,7 +10,8 @@ from __future__ import annotations
 from numbers import Real
 from typing import Any
 
-from csfr.models.csfr import CSFRHead, check_aam_input, check_gate
+from csfr.losses import check_centroids
+from csfr.models.csfr import CSFRHead, check_aam_input, check_gate, check_normalize
 from csfr.models.heads import HEADS
 from csfr.models.layers import norm_layer
 from csfr.models.resnet import DEPTHS, ResNet
@@ -35,18 +36,21 @@ DEFAULTS = {
     "csfr_dim": 512,             # channels D of the C-S features
     "csflm_convs": 2,
     "gate": "pixel_channel",     # AAM gate: "pixel_channel", "pixel", "channel" or "fixed" (no learned gate)
-    "aam_fuses": "head",         # AAM fuses S with the head features X ("head") or stage 4 ("backbone")
+    "aam_fuses": "backbone",     # AAM fuses S with stage 4 ("backbone", the abstract's) or the head features X ("head")
     "cac_projection": 0,         # CAC on S (0) or on a 1x1 linear projection of S to this many channels
-    "cac_normalize": False,      # CAC on per-pixel L2-normalised features
-    "delta_v": 0.5,
-    "delta_d": 1.5,
-    "w_intra": 1.0,
-    "w_inter": 1.0,
+    "cac_normalize": "batch",    # CAC on S / its RMS norm ("batch"), per-pixel unit vectors ("pixel") or S ("none")
+    "cac_centroids": "image",    # class centroids per image ("image") or over the whole batch ("batch")
+    "delta_v": 0.1,              # margins on the normalised scale (0.5 / 1.5 suit "none" at small D)
+    "delta_d": 0.5,
+    "w_intra": 0.02,
+    "w_inter": 0.02,
 }
+# The CSFR defaults above are the presets' (csfr/configs/base.json, which says where each comes
+# from); tests/test_models.py holds them equal.
 
 # the options only CSFR's parts use (its head and the CAC loss's kernels)
 CSFR_OPTIONS = ("backend", "csfr_dim", "csflm_convs", "gate", "aam_fuses", "cac_projection", "cac_normalize",
-                "delta_v", "delta_d", "w_intra", "w_inter")
+                "cac_centroids", "delta_v", "delta_d", "w_intra", "w_inter")
 
 # (name prefix, is CSFR, head): the baselines, then CSFR on each ("csfr_" alone is CSFR on FCN)
 _FAMILIES = [(f"{h}_", False, h) for h in HEADS] + [
@@ -92,8 +96,8 @@ def _check_options(o: dict[str, Any]) -> None:
     for key in ("head_channels", "csfr_dim", "csflm_convs"):
         _check_number(key, o[key], 1, integer=True)
     _check_number("cac_projection", o["cac_projection"], 0, integer=True)
-    if not isinstance(o["cac_normalize"], bool):
-        raise TypeError(f"option cac_normalize must be true or false, got {o['cac_normalize']!r}")
+    check_normalize(o["cac_normalize"])
+    check_centroids(o["cac_centroids"])
     check_aam_input(o["aam_fuses"])
     for key in ("aux_weight", "delta_v", "delta_d", "w_intra", "w_inter"):
         _check_number(key, o[key], 0)
@@ -126,9 +130,12 @@ def build(name: str, num_classes: int, **options: Any) -> Segmentor:
     head = HEADS[head_name](backbone.stage4_channels, o["head_channels"], output_stride=output_stride,
                             norm=o["norm"])
     if csfr:
-        head = CSFRHead(head, num_classes, o["csfr_dim"], o["gate"], o["csflm_convs"], o["delta_v"], o["delta_d"],
-                        o["w_intra"], o["w_inter"], o["ignore_index"], o["norm"], o["backend"], o["aam_fuses"],
-                        backbone.stage4_channels, o["cac_projection"], o["cac_normalize"])
+        head = CSFRHead(head, num_classes, dim=o["csfr_dim"], gate=o["gate"], csflm_convs=o["csflm_convs"],
+                        delta_v=o["delta_v"], delta_d=o["delta_d"], w_intra=o["w_intra"], w_inter=o["w_inter"],
+                        ignore_index=o["ignore_index"], norm=o["norm"], backend=o["backend"],
+                        aam_fuses=o["aam_fuses"], in_ch=backbone.stage4_channels,
+                        cac_projection=o["cac_projection"], cac_normalize=o["cac_normalize"],
+                        cac_centroids=o["cac_centroids"])
     model = Segmentor(backbone, head, num_classes, o["aux_weight"], o["dropout"], o["ignore_index"], o["norm"])
     model.pretrained_report = report
     return model

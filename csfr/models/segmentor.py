@@ -74,6 +74,20 @@ class Segmentor(nn.Module):
         """(features fed to the classifier, C-S features S or None)."""
         return self.head(c4) if self.is_csfr else (self.head(c4), None)
 
+    def decode(self, c4: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Everything after the backbone, for stage-4 features computed elsewhere (a frozen,
+        cached backbone: docs/study.md, "The fair test").
+
+        Args:
+            c4: stage-4 features [B, C4, h, w].
+            size: (H, W) of the logits.
+        Returns:
+            (logits [B, K, H, W], the classifier's input z [B, C, h, w], S [B, D, h, w] or None
+            for a baseline).
+        """
+        z, s = self._decode(c4)
+        return F.interpolate(self.classifier(z), size, mode="bilinear", align_corners=False), z, s
+
     def features(self, images: Tensor) -> Tensor:
         """The features the classifier sees (X for a baseline, the AAM output for CSFR), at 1/OS."""
         self._check_images(images)
@@ -85,9 +99,7 @@ class Segmentor(nn.Module):
         if with_losses:
             self._check_labels(labels, images)
         c3, c4 = self.backbone(images)
-        z, s = self._decode(c4)
-        size = images.shape[-2:]
-        logits = F.interpolate(self.classifier(z), size, mode="bilinear", align_corners=False)
+        logits, _, s = self.decode(c4, images.shape[-2:])
         if not with_losses:
             return logits
         losses = {"ce": self.ce(logits, labels)}
