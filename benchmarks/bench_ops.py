@@ -17,17 +17,18 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 import csfr
 from csfr.ops import reference
 from csfr.profiling import device_description, median_ms, peak_extra_bytes, top_kernels
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_file import write_section
 
 IGNORE = 255
 # --labels blocky: square regions of one class, this many pixels a side; 32 consecutive pixels of a
@@ -278,19 +279,6 @@ def targets_markdown(checks: list[dict]) -> str:
         lines.append(f"| {t.op} | B={b} D={d} {h}x{w} K={k} | {c['impl']} | {t.what} | "
                      f"{'>=' if t.at_least else '<='} {t.bound:g} | {value} | {c['result']} |")
     return "\n".join(lines) + "\n"
-
-
-def write_section(path: str, title: str, section: str, heading: str = "# Operator benchmark results") -> None:
-    """Replaces the section `## title` of the results file (or appends it), atomically; a new file
-    starts with `heading`."""
-    text = Path(path).read_text() if os.path.exists(path) else heading + "\n\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    text = text.rstrip("\n") + "\n"  # rewriting the last section must not grow the file
-    tmp = path + ".tmp"
-    with open(tmp, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 def parse_args(argv=None):

@@ -33,8 +33,8 @@ from csfr.engine.trainer import Trainer
 from csfr.profiling import device_description, median_ms
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ops import write_section  # benchmarks/ is a folder of scripts, not a package
 from features import feature_report
+from results_file import write_section  # benchmarks/ is a folder of scripts, not a package
 
 
 def baseline_name(name: str) -> str:

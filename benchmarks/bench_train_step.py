@@ -27,7 +27,8 @@ from csfr.engine.precision import AMP_MODES, autocast
 from csfr.profiling import device_description, median_ms, peak_extra_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ops import RESULTS, write_section  # benchmarks/ is a folder of scripts, not a package
+from bench_ops import RESULTS  # benchmarks/ is a folder of scripts, not a package
+from results_file import write_section
 
 NUM_CLASSES = 19
 IGNORE = 255

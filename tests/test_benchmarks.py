@@ -104,7 +104,7 @@ def test_bench_ops_quick_writes_no_results_file(tmp_path, monkeypatch, capsys):
 
 
 def test_write_section_replaces_in_place_and_is_idempotent(tmp_path):
-    bench = load("bench_ops")
+    bench = load("results_file")
     path = str(tmp_path / "R.md")
     bench.write_section(path, "a", "## a\n\nfirst\n", heading="# H")
     bench.write_section(path, "b", "## b\n\nsecond\n", heading="# H")
