@@ -79,7 +79,7 @@ TABLES: dict[str, list[Arm]] = {
     "cac_weight": [BASELINE, *(_weight(w) for w in (0.01, 0.03, 0.1, 0.3, 1.0))],
     "margins": [BASELINE, *(Arm(f"margins x{m:g} (delta_v {0.5 * m:g}, delta_d {1.5 * m:g})", True,
                                 (("delta_v", 0.5 * m), ("delta_d", 1.5 * m))) for m in (0.25, 1, 4))],
-    "cac_space": [BASELINE, Arm("CAC on S / its RMS norm (the presets')", True),
+    "cac_space": [BASELINE, Arm("CAC on S / each image's RMS norm (the presets')", True),
                   Arm("CAC on raw S (delta_v 0.5, delta_d 1.5)", True,
                       (("cac_normalize", "none"), ("delta_v", 0.5), ("delta_d", 1.5))),
                   Arm("CAC on per-pixel L2-normalised S", True, (("cac_normalize", "pixel"),)),

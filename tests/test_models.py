@@ -137,7 +137,7 @@ def test_build_defaults_are_the_presets():
         {k: v for k, v in registry.DEFAULTS.items() if k in registry.CSFR_OPTIONS}
 
 
-@pytest.mark.parametrize("normalize", ["none", "pixel", "batch"])
+@pytest.mark.parametrize("normalize", ["none", "pixel", "image"])
 def test_losses_and_fusion_are_the_documented_ones(normalize):
     model = tiny("csfr_r50_d8", w_intra=0.3, w_inter=0.2, delta_v=0.25, delta_d=1.0, cac_normalize=normalize).train()
     seen = {}
@@ -148,7 +148,7 @@ def test_losses_and_fusion_are_the_documented_ones(normalize):
     x, s, z, g = seen["x"], seen["s"], seen["z"], seen["g"]
     assert g.shape == x.shape == s.shape
     assert torch.allclose(z, x + torch.sigmoid(g) * (s - x), atol=1e-6)
-    scale = {"none": 1.0, "pixel": s.norm(dim=1, keepdim=True), "batch": s.square().sum(1).mean().sqrt()}[normalize]
+    scale = {"none": 1.0, "pixel": s.norm(dim=1, keepdim=True), "image": s.square().sum(1, keepdim=True).mean((2, 3), keepdim=True).sqrt()}[normalize]
     cac = ClassAwareConsistencyLoss(K, delta_v=0.25, delta_d=1.0, w_intra=0.3, w_inter=0.2)(s / scale, labels)
     factor = 1.0 if normalize == "none" else s.shape[1] ** 0.5  # docs/models.md, "The CAC loss's scale"
     for key in ("cac_intra", "cac_inter"):
@@ -266,7 +266,7 @@ def test_bad_input_is_named_before_any_work():
     ({"dropout": 1.0}, ValueError, "dropout must be >= 0 and < 1"),
     ({"aux_weight": -0.4}, ValueError, "aux_weight must be >= 0"),
     ({"delta_d": "1.5"}, TypeError, "delta_d must be a number"),
-    ({"cac_normalize": True}, ValueError, "unknown cac_normalize True; valid: none, pixel, batch"),
+    ({"cac_normalize": True}, ValueError, "unknown cac_normalize True; valid: none, pixel, image"),
     ({"cac_centroids": "epoch"}, ValueError, "unknown cac_centroids 'epoch'; valid: image, batch"),
     ({"pretrained": "/nowhere/r50.pth"}, FileNotFoundError, "nothing is downloaded"),
 ])

@@ -52,12 +52,12 @@ def test_other_scales(normalize, margins):
 
 
 def test_the_normalised_loss_does_not_see_the_feature_scale():
-    """Scaling S by 10 leaves the "batch"-normalised terms as they are; the absolute ones move."""
+    """Scaling an image's S by 10 leaves the "image"-normalised terms as they are; the absolute ones move."""
     torch.manual_seed(0)
     model = models.build("csfr_r50_d8", 8, width=8, head_channels=16, csfr_dim=16, backend="torch").train()
     s = torch.rand(2, 16, 8, 8)
     labels = torch.randint(0, 8, (2, 8, 8))
-    for scale, same in (("batch", True), ("none", False)):
+    for scale, same in (("image", True), ("none", False)):
         model.head.cac.normalize = scale
-        a, b = model.head.cac(s, labels), model.head.cac(10 * s, labels)
+        a, b = model.head.cac(s, labels), model.head.cac(s * torch.tensor([10.0, 0.1])[:, None, None, None], labels)
         assert all(torch.allclose(a[k], b[k], rtol=1e-5) for k in a) == same

@@ -101,7 +101,7 @@ def test_cac_on_projection_and_on_normalised_features():
     ({"aam_fuses": "stage3"}, ValueError, "unknown aam_fuses 'stage3'; valid: head, backbone"),
     ({"cac_projection": -1}, ValueError, "option cac_projection must be >= 0"),
     ({"cac_projection": 1.5}, TypeError, "option cac_projection must be an integer"),
-    ({"cac_normalize": "yes"}, ValueError, "unknown cac_normalize 'yes'; valid: none, pixel, batch"),
+    ({"cac_normalize": "yes"}, ValueError, "unknown cac_normalize 'yes'; valid: none, pixel, image"),
     ({"gate": "learned"}, ValueError, "unknown gate 'learned'; valid: .*fixed"),
 ])
 def test_bad_study_options_are_named(options, error, message):

@@ -13,7 +13,7 @@ ablation's "CSFLM without AAM").
 
 Study options (the paper leaves them open; see docs/study.md): the CAC loss can see S or a 1x1
 linear projection of it (`cac_projection` channels), at its own scale, per-pixel L2-normalised or
-divided by the batch's RMS norm (`cac_normalize`), with centroids per image or per batch
+divided by each image's RMS norm (`cac_normalize`), with centroids per image or per batch
 (`cac_centroids`).
 """
 
@@ -29,7 +29,7 @@ from csfr.ops import gated_blend
 
 GATES = ("pixel_channel", "pixel", "channel", "fixed")
 AAM_INPUTS = ("head", "backbone")
-NORMALIZE = ("none", "pixel", "batch")
+NORMALIZE = ("none", "pixel", "image")
 
 
 def check_gate(gate: str) -> None:
@@ -91,9 +91,10 @@ class CACOnS(nn.Module):
     - "none": S as it is; the margins are absolute, so the loss's strength grows with the feature
       scale (post-ReLU S of D channels has norms ~ sqrt(D)).
     - "pixel": each pixel's feature L2-normalised (unit vectors: distances at most 2).
-    - "batch": S divided by the batch's root-mean-square feature norm (detached), so the mean
-      squared norm is 1 and the margins are relative to the features' scale, while the geometry
-      (relative distances, norms) of S is kept.
+    - "image": each image's S divided by its root-mean-square feature norm (detached), so the
+      mean squared norm is 1 and the margins are relative to the features' scale, while the
+      geometry (relative distances, norms) of S is kept. Per image, so that data-parallel training
+      on shards of a batch computes what one process computes on the whole.
 
     Both normalised forms multiply the two terms by sqrt(D): the gradient through a division by a
     norm ~ sqrt(D) shrinks like 1 / sqrt(D), while the cross-entropy's gradient on the head does
@@ -116,7 +117,8 @@ class CACOnS(nn.Module):
         if self.normalize == "pixel":
             s = F.normalize(s, dim=1)
         else:
-            s = s / s.detach().float().square().sum(1).mean().sqrt().clamp_min(1e-12).to(s.dtype)
+            rms = s.detach().float().square().sum(1, keepdim=True).mean((2, 3), keepdim=True).sqrt()
+            s = s / rms.clamp_min(1e-12).to(s.dtype)
         return {name: term * s.shape[1] ** 0.5 for name, term in self.loss(s, labels).items()}
 
 
@@ -137,7 +139,7 @@ class CSFRHead(nn.Module):
         aam_fuses: "backbone" (default) or "head", what the AAM fuses S with.
         in_ch: stage-4 channels (needed with aam_fuses="backbone").
         cac_projection: CAC on S (0) or on a 1x1 linear projection of S to this many channels.
-        cac_normalize: "none", "pixel" or "batch" (see CACOnS).
+        cac_normalize: "none", "pixel" or "image" (see CACOnS).
         cac_centroids: "image" or "batch" (see ClassAwareConsistencyLoss).
 
     `forward(c4 [B, in_ch, h, w])` returns (z [B, C, h, w], S [B, D, h, w]); the CAC loss on S is

@@ -38,7 +38,7 @@ DEFAULTS = {
     "gate": "pixel_channel",     # AAM gate: "pixel_channel", "pixel", "channel" or "fixed" (no learned gate)
     "aam_fuses": "backbone",     # AAM fuses S with stage 4 ("backbone", the abstract's) or the head features X ("head")
     "cac_projection": 0,         # CAC on S (0) or on a 1x1 linear projection of S to this many channels
-    "cac_normalize": "batch",    # CAC on S / its RMS norm ("batch"), per-pixel unit vectors ("pixel") or S ("none")
+    "cac_normalize": "image",    # CAC on S / each image's RMS norm ("image"), per-pixel unit vectors ("pixel") or S ("none")
     "cac_centroids": "image",    # class centroids per image ("image") or over the whole batch ("batch")
     "delta_v": 0.1,              # margins on the normalised scale (0.5 / 1.5 suit "none" at small D)
     "delta_d": 0.5,

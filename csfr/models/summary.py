@@ -29,7 +29,8 @@ def rows(model: nn.Module) -> list[tuple[str, int]]:
     out = [("backbone", backbone), ("backbone + ImageNet fc (torchvision's count)", backbone + fc)]
     if model.is_csfr:
         out += [("head (baseline part)", count(model.head.head)), ("CSFLM", count(model.head.csflm)),
-                ("AAM", count(model.head.aam))]
+                ("AAM", count(model.head.aam)), ("AAM's stage-4 input (1x1 conv-BN-ReLU)", count(model.head.reduce)),
+                ("CAC projection (training only)", count(model.head.cac.embed))]
     else:
         out.append(("head", count(model.head)))
     out += [("classifier", count(model.classifier)), ("auxiliary head", count(model.aux)),
