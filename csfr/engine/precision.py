@@ -6,7 +6,9 @@ import contextlib
 
 import torch
 
-AMP_MODES = ("none", "bfloat16", "float16")
+from csfr.configs.schema import AMP_MODES
+
+__all__ = ["AMP_MODES", "autocast"]
 
 
 def autocast(device: torch.device, amp: str):

@@ -50,7 +50,7 @@ def check_normalize(normalize: str) -> None:
 class CSFLM(nn.Sequential):
     """Consistent-separable feature learning: 3x3 then 1x1 conv-BN-ReLU layers (`num_convs` in all)."""
 
-    def __init__(self, in_ch: int, dim: int, num_convs: int = 2, norm: str = "bn"):
+    def __init__(self, in_ch: int, dim: int, *, num_convs: int = 2, norm: str = "bn"):
         super().__init__(*(ConvBNReLU(in_ch if i == 0 else dim, dim, 3 if i == 0 else 1, norm=norm)
                            for i in range(num_convs)))
 
@@ -58,7 +58,7 @@ class CSFLM(nn.Sequential):
 class AAM(nn.Module):
     """Adaptive aggregation: gate logits from [X, S], fused by gated_blend ("fixed": an even mix)."""
 
-    def __init__(self, channels: int, dim: int, gate: str = "pixel_channel", norm: str = "bn",
+    def __init__(self, channels: int, dim: int, *, gate: str = "pixel_channel", norm: str = "bn",
                  backend: str = "auto"):
         super().__init__()
         check_gate(gate)
@@ -103,7 +103,7 @@ class CACOnS(nn.Module):
 
     Training only: inference never runs it."""
 
-    def __init__(self, loss: ClassAwareConsistencyLoss, dim: int, projection: int = 0, normalize: str = "none"):
+    def __init__(self, loss: ClassAwareConsistencyLoss, dim: int, *, projection: int = 0, normalize: str = "none"):
         super().__init__()
         check_normalize(normalize)
         self.loss, self.normalize = loss, normalize
@@ -156,13 +156,13 @@ class CSFRHead(nn.Module):
         if aam_fuses == "backbone" and in_ch is None:
             raise ValueError("aam_fuses='backbone' needs in_ch, the stage-4 channel count")
         self.head, self.channels = head, head.channels
-        self.csflm = CSFLM(head.channels, dim, csflm_convs, norm)
+        self.csflm = CSFLM(head.channels, dim, num_convs=csflm_convs, norm=norm)
         self.reduce = ConvBNReLU(in_ch, head.channels, 1, norm=norm) if aam_fuses == "backbone" else None
-        self.aam = AAM(head.channels, dim, gate, norm, backend)
+        self.aam = AAM(head.channels, dim, gate=gate, norm=norm, backend=backend)
         loss = ClassAwareConsistencyLoss(num_classes, delta_v=delta_v, delta_d=delta_d, w_intra=w_intra,
                                          w_inter=w_inter, ignore_index=ignore_index, backend=backend,
                                          centroids=cac_centroids)
-        self.cac = CACOnS(loss, dim, cac_projection, cac_normalize)
+        self.cac = CACOnS(loss, dim, projection=cac_projection, normalize=cac_normalize)
 
     def forward(self, c4: Tensor) -> tuple[Tensor, Tensor]:
         x = self.head(c4)

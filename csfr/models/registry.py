@@ -112,9 +112,20 @@ def _check_options(o: dict[str, Any]) -> None:
 
 
 def build(name: str, num_classes: int, **options: Any) -> Segmentor:
-    """The model `name` for `num_classes` classes; see DEFAULTS for the options. The name and
-    every option are checked before anything is built (the backbone's options by ResNet, first
-    thing). `model.pretrained_report` holds the weight loading report (None without `pretrained`)."""
+    """The segmentation network `name` for `num_classes` classes.
+
+    Args:
+        name: `<head>_r<depth>_d<os>` (fcn, deeplabv3, pspnet; depth 50 or 101; output stride 8
+            or 16) or its CSFR form, `csfr_r101_d8`, `csfr_deeplabv3_r50_d16`, ... (`names()`).
+        num_classes: K >= 1.
+        **options: any of DEFAULTS (docs/models.md); the CSFR defaults are the presets'. Unknown
+            keys raise TypeError; the name and every option are checked before anything is built.
+
+    Returns:
+        A Segmentor: `model(images [B, 3, H, W])` gives logits [B, K, H, W]; in training mode with
+        labels [B, H, W], {"logits", "losses"}. `model.pretrained_report` holds the weight loading
+        report (None without `pretrained`).
+    """
     csfr, head_name, depth, output_stride = parse(name)
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:

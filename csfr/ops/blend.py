@@ -66,8 +66,15 @@ def _recording_portable_graph() -> bool:
 def gated_blend(x: Tensor, s: Tensor, g: Tensor, backend: str = "auto") -> Tensor:
     """z = x + sigmoid(g) * (s - x), the AAM fusion (docs/design.md, operator 3).
 
-    x, s [B, C, *spatial] of one dtype; g broadcastable to x: per pixel [B,1,*sp], per channel
-    [B,C,1,..], or full. Other broadcastable gates are expanded (their gradient is summed back).
+    Args:
+        x, s: [B, C, *spatial], one floating dtype.
+        g: gate logits broadcastable to x: per pixel [B, 1, *spatial], per channel [B, C, 1, ...],
+            or full [B, C, *spatial]; other broadcastable shapes are expanded (their gradient is
+            summed back).
+        backend: "auto", "torch", "cpu", "cuda" or "triton".
+
+    Returns:
+        z [B, C, *spatial] in x's dtype; differentiable in x, s and g.
     """
     check_blend(x, s, g)
     name = "torch" if _recording_portable_graph() else resolve(backend, x.device)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from csfr.ops import reference
-from csfr.ops.centroids import acc_dtype, flat_features, flat_labels, pixel_grad
+from csfr.ops.centroids import pixel_grad
 from csfr.ops.checks import (
     check_features_labels,
     check_finite_features,
@@ -21,6 +21,7 @@ from csfr.ops.checks import (
     nan_unless_finite,
 )
 from csfr.ops.dispatch import kernels, resolve
+from csfr.ops.layout import acc_dtype, flat_features, flat_labels
 
 
 def _class_part(mu: Tensor, counts: Tensor, inv_counts: Tensor, hinge: Tensor, wsum: Tensor,
@@ -118,7 +119,20 @@ def _check_margins(delta_v: float, delta_d: float) -> None:
 
 def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,
               delta_d: float = 1.5, ignore_index: int = 255, backend: str = "auto") -> Tensor:
-    """The unweighted (intra, inter) CAC terms [2] (float32; float64 for float64 features)."""
+    """The unweighted (intra, inter) CAC terms (docs/design.md, operator 2).
+
+    Args:
+        feats: C-S features [B, D, *spatial] (float32, float16, bfloat16 or float64).
+        labels: [B, *spatial] at the features' size, any integer dtype; values in
+            [0, num_classes) or `ignore_index`.
+        num_classes: K.
+        delta_v, delta_d: the pull and push margins (>= 0), in the features' units.
+        ignore_index: label of the pixels that count nowhere (default 255).
+        backend: "auto", "torch", "cpu", "cuda" or "triton".
+
+    Returns:
+        [2] tensor (intra, inter), float32 (float64 for float64 features); differentiable in feats.
+    """
     check_features_labels(feats, labels, num_classes, "cac_loss")
     _check_margins(delta_v, delta_d)
     name = resolve(backend, feats.device)
@@ -134,11 +148,13 @@ def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 
 def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,
              delta_d: float = 1.5, w_intra: float = 1.0, w_inter: float = 1.0,
              ignore_index: int = 255, backend: str = "auto") -> Tensor:
-    """Class-Aware Consistency loss (docs/design.md, operator 2), a float32 scalar (float64 for float64 input).
+    """Class-Aware Consistency loss, w_intra * intra + w_inter * inter (docs/design.md, operator 2).
 
-    feats [B, D, *spatial] (C-S features), labels [B, *spatial] already at feature resolution.
-    NaN/Inf features raise on CPU tensors; on a GPU (where raising would cost a host
-    synchronisation) the loss is NaN instead.
+    Args: as `cac_terms`, plus w_intra, w_inter: the terms' weights.
+
+    Returns:
+        A scalar, float32 (float64 for float64 features). NaN/Inf features raise on CPU tensors;
+        on a GPU (where raising would cost a host synchronisation) the loss is NaN instead.
     """
     intra, inter = cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index, backend)
     return w_intra * intra + w_inter * inter

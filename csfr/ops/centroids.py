@@ -8,26 +8,7 @@ from torch import Tensor
 from csfr.ops import reference
 from csfr.ops.checks import check_features_labels, check_label_values
 from csfr.ops.dispatch import kernels, resolve
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of the kernels: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def flat_features(feats: Tensor) -> Tensor:
-    """Features [B,D,*sp] -> contiguous [B,D,N].
-
-    The operators call it once, before their custom op, so channels-last or sliced features are
-    copied at most once per call and the backward reuses the flat copy (autograd maps the [B,D,N]
-    gradient back through the reshape).
-    """
-    return feats.reshape(*feats.shape[:2], -1).contiguous()
-
-
-def flat_labels(labels: Tensor) -> Tensor:
-    """Labels [B,*sp] -> contiguous int64 [B,N] (a view when they already are)."""
-    return labels.reshape(labels.shape[0], -1).long().contiguous()
+from csfr.ops.layout import acc_dtype, flat_features, flat_labels
 
 
 @torch.library.custom_op("csfr::feature_grad", mutates_args=())
@@ -88,10 +69,19 @@ _centroids.register_autograd(_backward, setup_context=_setup_context)
 
 def class_centroids(feats: Tensor, labels: Tensor, num_classes: int, ignore_index: int = 255,
                     backend: str = "auto") -> tuple[Tensor, Tensor]:
-    """Per-image class means mu [B,K,D] (features' dtype) and pixel counts n [B,K] (int64).
+    """Per-image class means of a feature map (docs/design.md, operator 1).
 
-    feats [B, D, *spatial], labels [B, *spatial] with values in [0, K) or ignore_index.
-    Absent classes get mu = 0, n = 0. Differentiable in feats.
+    Args:
+        feats: [B, D, *spatial] float32, float16, bfloat16 or float64; any memory layout.
+        labels: [B, *spatial], any integer dtype (uint8 ... int64), values in [0, num_classes) or
+            `ignore_index` (anything else is refused before a kernel runs).
+        num_classes: K.
+        ignore_index: the label of pixels that count nowhere (default 255).
+        backend: "auto", "torch", "cpu", "cuda" or "triton" (or the CSFR_BACKEND variable).
+
+    Returns:
+        (mu [B, K, D] in the features' dtype, n [B, K] int64 pixel counts). Absent classes get
+        mu = 0 and n = 0. Differentiable in feats.
     """
     check_features_labels(feats, labels, num_classes, "class_centroids")
     name = resolve(backend, feats.device)

@@ -15,7 +15,8 @@ from types import SimpleNamespace
 
 import torch
 
-NAMES = ("torch", "cpu", "cuda", "triton", "cuda_emulated")
+USER_NAMES = ("torch", "cpu", "cuda", "triton")  # what a config may name (train.backend)
+NAMES = (*USER_NAMES, "cuda_emulated")  # and the test-only one, which `auto` never picks
 _KERNEL_NAMES = ("segment_sum", "cac_pixel_pass", "pixel_grad", "blend_forward", "blend_backward")
 
 

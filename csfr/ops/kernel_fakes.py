@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from csfr.ops.centroids import acc_dtype
 from csfr.ops.dispatch import _extension
+from csfr.ops.layout import acc_dtype
 
 
 def _acc(feats, *shape):

@@ -13,7 +13,7 @@ from csfr.models.layers import ConvBNReLU
 
 
 class ASPPHead(nn.Module):
-    def __init__(self, in_ch: int, channels: int = 512, output_stride: int = 8, norm: str = "bn"):
+    def __init__(self, in_ch: int, channels: int = 512, *, output_stride: int = 8, norm: str = "bn"):
         super().__init__()
         rates = (12, 24, 36) if output_stride == 8 else (6, 12, 18)
         self.channels = channels

@@ -10,7 +10,7 @@ from csfr.models.layers import ConvBNReLU
 
 
 class PSPHead(nn.Module):
-    def __init__(self, in_ch: int, channels: int = 512, output_stride: int = 8, bins: tuple[int, ...] = (1, 2, 3, 6),
+    def __init__(self, in_ch: int, channels: int = 512, *, output_stride: int = 8, bins: tuple[int, ...] = (1, 2, 3, 6),
                  norm: str = "bn"):
         super().__init__()
         self.channels = channels

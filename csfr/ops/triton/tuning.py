@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from csfr.ops.centroids import acc_dtype
+from csfr.ops.layout import acc_dtype
 
 __all__ = ["acc_dtype", "bucket", "configs", "deterministic", "interpreted", "pinned_config", "tl_acc"]
 
