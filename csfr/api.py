@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from csfr.configs.schema import SCALES
 from csfr.data import DATASETS, build_dataset
-from csfr.data.base import FileDataset, read_image
+from csfr.data.base import FileDataset, read_image, rgb_array
 from csfr.engine import checkpoint
 from csfr.engine.builders import build_model, eval_transform
 from csfr.engine.distributed import pick_device
@@ -78,9 +79,9 @@ class Predictor:
                 return np.stack([self._label_map(im) for im in image])
             return self._label_map(image)
         if isinstance(image, Image.Image):
-            return self._label_map(np.asarray(image.convert("RGB")))
+            return self._label_map(rgb_array(image, "given", orient=True))
         if isinstance(image, (str, os.PathLike)):
-            return self._label_map(read_image(image))
+            return self._label_map(read_image(image, orient=True))
         raise TypeError(f"predict: expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
@@ -152,8 +153,9 @@ def load(checkpoint_path: str | os.PathLike, device: str | torch.device = "auto"
     config["eval"].update({k: v for k, v in overrides.items() if v is not None})
     if config["eval"]["mode"] not in ("whole", "slide"):
         raise ValueError(f"eval mode must be whole or slide, got {config['eval']['mode']!r}")
-    if not config["eval"]["scales"] or any(s <= 0 for s in config["eval"]["scales"]):
-        raise ValueError(f"scales must be positive numbers, got {config['eval']['scales']}")
+    low, high = SCALES
+    if not config["eval"]["scales"] or any(not low <= s <= high for s in config["eval"]["scales"]):
+        raise ValueError(f"scales must be numbers in [{low}, {high}], got {config['eval']['scales']}")
     names, palette, ignore_index = _classes(state, config, source)
     num_classes = state.get("num_classes", len(names))
     if len(names) != num_classes or len(palette) != num_classes:
@@ -165,14 +167,20 @@ def load(checkpoint_path: str | os.PathLike, device: str | torch.device = "auto"
 
 
 def _device(device: str | torch.device) -> torch.device:
-    if isinstance(device, str) and device in ("auto", "cpu", "cuda"):
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device cuda was asked for, but torch sees no CUDA device")
+    if isinstance(device, str) and device in ("auto", "cpu"):
         return pick_device(device)
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)") from e
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} was asked for, but torch sees no CUDA device")
+        if resolved.index is None:
+            return pick_device("cuda")
+        if resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device} was asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+    return resolved
 
 
 __all__ = ["Predictor", "load"]

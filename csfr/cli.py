@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -40,11 +41,17 @@ def resolve(args: argparse.Namespace, base: dict | None = None) -> dict:
     return config
 
 
+TRACEBACK_VARIABLE = "CSFR_TRACEBACK"
+
+
 def run_main(prog: str, body: Callable[[], int | None]) -> None:
-    """Run `body`; errors about the user's input (bad config, path, checkpoint) end with one line
-    `prog: error: ...` and exit status 2 instead of a traceback."""
+    """Run `body`; errors about the user's input (bad config, option, path, checkpoint, device, a
+    folder that cannot be written, a full disk) end with one line `prog: error: ...` and exit
+    status 2 instead of a traceback. CSFR_TRACEBACK=1 in the environment keeps the traceback."""
     try:
         sys.exit(body() or 0)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+    except (ValueError, TypeError, OSError) as e:
+        if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+            raise
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)

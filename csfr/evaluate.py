@@ -58,11 +58,21 @@ def main(argv: list[str] | None = None) -> int:
     ev["flip"] = ev["flip"] or args.flip
     if args.split is not None:
         config["data"]["val_split"] = args.split
+    configs.validate(config)  # the flags' values too (--scales in range), before any work
     if args.print_config:
         print(json.dumps(config, indent=2))
         return 0
     ctx = distributed.init(config["train"]["device"])
     _, dataset = build_datasets(config, train=False)
+    trained, names = state.get("classes", {}).get("names"), list(dataset.class_names)
+    if trained is not None and list(trained) != names:
+        if len(trained) != len(names):
+            detail = f"{len(trained)} classes, but {dataset.name} {dataset.split} has {len(names)}"
+        else:
+            i = next(i for i, (a, b) in enumerate(zip(trained, names)) if a != b)
+            detail = f"class {i} named {trained[i]!r}, but the dataset names it {names[i]!r}"
+        raise ValueError(f"checkpoint {args.checkpoint} was trained with {detail}: its scores would compare "
+                         "different classes")
     model = build_model(config, dataset.num_classes)
     checkpoint.load_weights(model, state["model"], str(args.checkpoint))
     model.to(ctx.device)

@@ -28,6 +28,8 @@ from csfr import api, cli
 from csfr.data.transforms import MEAN, STD
 
 FORMATS = ("onnx", "torch-export")
+# the opsets torch.onnx.export(dynamo=True) writes; asked for a lower one it writes 18 without a word
+ONNX_OPSETS = range(18, torch.onnx._constants.ONNX_MAX_OPSET + 1)
 METADATA_KEY = "csfr"
 EXTRA_FILE = "csfr.json"
 
@@ -93,6 +95,9 @@ def export(predictor: api.Predictor, fmt: str, out: Path, opset: int | None = No
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if opset is not None and opset not in ONNX_OPSETS:
+        raise ValueError(f"--opset {opset} is not one the exporter writes: {ONNX_OPSETS[0]}..{ONNX_OPSETS[-1]} "
+                         "(with a lower one it would silently write its own)")
     with torch.no_grad():
         program = export_program(predictor)
     if fmt == "torch-export":
@@ -124,7 +129,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the file to write, e.g. model.onnx or model.pt2 (written under a temporary name, "
                         "then renamed)")
     p.add_argument("--opset", type=int, default=None, metavar="N",
-                   help="ONNX opset version (default: the exporter's recommended one)")
+                   help=f"ONNX opset version, {ONNX_OPSETS[0]}..{ONNX_OPSETS[-1]} (default: the exporter's "
+                        "recommended one)")
     return p
 
 

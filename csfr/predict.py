@@ -61,14 +61,15 @@ def find_images(inputs: list[Path]) -> list[tuple[Path, str]]:
                                  "... recursively)")
             found += [(p, p.relative_to(item).with_suffix("").as_posix()) for p in files]
         elif item.is_file():
-            try:
-                with Image.open(item) as image:
-                    image.verify()
-            except Exception as e:  # Pillow raises several types for a file that is not an image
-                raise ValueError(f"{item} is not an image Pillow can read ({type(e).__name__}: {e})") from e
             found.append((item, item.stem))
         else:
             raise FileNotFoundError(f"input {item} does not exist")
+    for path, _ in found:  # every file, folders' too, before any work
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except Exception as e:  # Pillow raises several types for a file that is not an image
+            raise ValueError(f"{path} is not an image Pillow can read ({type(e).__name__}: {e})") from e
     names: dict[str, Path] = {}
     for path, name in found:
         if name in names and names[name] != path:
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     writer = PredictionWriter(args.out, predictor.palette, class_names=predictor.class_names,
                               ignore_index=predictor.ignore_index)
     for path, name in tqdm(images, desc="predict", unit="image", disable=args.no_progress, dynamic_ncols=True):
-        image = read_image(path)
+        image = read_image(path, orient=True)  # EXIF orientation applied: photos from phones
         writer(predictor.predict(image), image, {"name": name})
     ev = predictor.eval_cfg
     print(f"{len(images)} image(s), {ev['mode']} inference, scales {ev['scales']}{' + flip' if ev['flip'] else ''}: "

@@ -35,6 +35,10 @@ def parser() -> argparse.ArgumentParser:
                         "(sets model.pretrained; nothing is downloaded)")
     p.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="mixed precision (sets train.amp; float16 adds a gradient scaler)")
+    p.add_argument("--check-data", action="store_true",
+                   help="read every training and validation file once before training and list every one "
+                        "that cannot be read (takes as long as reading an epoch); without it a bad file "
+                        "stops the run when it is first sampled")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bars: each log_interval prints a line with the losses and the lr instead")
     return p
@@ -53,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     name = Path(args.config).stem if args.config.endswith(".json") else args.config
     work_dir = args.work_dir or Path("runs") / name
     trainer = Trainer(config, work_dir, resume=args.resume, progress=not args.no_progress)
+    if args.check_data and trainer.ctx.is_main:
+        problems = [p for ds in (trainer.train_set, trainer.val_set) for p in ds.check(not args.no_progress)]
+        if problems:
+            raise ValueError(f"{len(problems)} file(s) cannot be read; nothing was trained:\n  " + "\n  ".join(problems))
+        print(f"checked {len(trainer.train_set)} training and {len(trainer.val_set)} validation items: all readable")
     try:
         result = trainer.run()
     except NonFiniteLoss as e:

@@ -27,7 +27,7 @@ def test_every_preset_validates(name):
     ("data.workers=-1", "data.workers must be an integer >= 0, got -1"),
     ("data.crop_size=[64]", r"data.crop_size must be an integer >= 1 or a pair \[a, b\] .*, got \[64\]"),
     ("data.ratio_range=[2.0,0.5]", r"data.ratio_range must be an ascending pair .*, got \[2.0, 0.5\]"),
-    ("eval.scales=[]", "eval.scales must be a non-empty list of numbers > 0, got \\[\\]"),
+    ("eval.scales=[]", "eval.scales must be a non-empty list of numbers in \\[0.125, 4.0\\], got \\[\\]"),
     ("eval.stride=[16,0]", r"eval.stride must be a pair \[h, w\] of integers >= 1, got \[16, 0\]"),
     ("eval.mode=sliding", "eval.mode must be one of 'whole', 'slide', got 'sliding'"),
     ("model.options=3", "model.options must be an object of key: value pairs, got 3"),

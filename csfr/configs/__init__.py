@@ -102,7 +102,11 @@ def resolve(name_or_path: str, assignments: list[str] = ()) -> dict:
 def save(config: dict, path: str | os.PathLike) -> None:
     """Write the resolved config as JSON, atomically."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(config, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:  # a full disk or a kill must not leave a partial file behind
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from csfr.engine.precision import AMP_MODES
+from csfr.ops.dispatch import USER_NAMES as BACKENDS
 
 
 def _int(low: int, what: str):
@@ -37,6 +37,10 @@ Pair = Annotated[list[PositiveInt], Field(min_length=2, max_length=2, descriptio
 Size = Annotated[PositiveInt | Pair, Field(description="an integer >= 1 or a pair [a, b] of integers >= 1")]
 Ratios = Annotated[list[Annotated[float, Field(strict=True, gt=0)]], Field(min_length=2, max_length=2),
                    AfterValidator(_ascending), Field(description="an ascending pair [low, high] of numbers > 0")]
+
+
+AMP_MODES = ("none", "bfloat16", "float16")  # train.amp; csfr.engine.precision applies them
+SCALES = (0.125, 4.0)  # test scales outside this make no sense and, large, exhaust memory
 
 
 def _number(what: str, **bounds):
@@ -89,7 +93,7 @@ class TrainConfig(_Strict):
     sync_bn: Flag
     seed: NonNegativeInt
     device: _choice("auto", "cpu", "cuda")
-    backend: _choice("auto", "torch", "cpu", "cuda", "triton")
+    backend: _choice("auto", *BACKENDS)
     log_interval: PositiveInt
     val_interval: Annotated[int, Field(strict=True, ge=0, description="an integer >= 0 (0: only at the end)")]
     ckpt_interval: PositiveInt
@@ -101,8 +105,8 @@ class EvalConfig(_Strict):
     crop_size: Pair
     stride: Pair
     base_size: Annotated[Size | None, Field(description="null, an integer >= 1 or a pair [a, b] of integers >= 1")]
-    scales: Annotated[list[_number("a number > 0", gt=0)], Field(min_length=1,
-                                                                  description="a non-empty list of numbers > 0")]
+    scales: Annotated[list[_number(f"a number in [{SCALES[0]}, {SCALES[1]}]", ge=SCALES[0], le=SCALES[1])],
+                      Field(min_length=1, description=f"a non-empty list of numbers in [{SCALES[0]}, {SCALES[1]}]")]
     flip: Flag
     save_predictions: NonNegativeInt
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+from tqdm import tqdm
 
 IGNORE_INDEX = 255
 TRAIN_ID_SUFFIX = "_labelTrainIds.png"
@@ -77,9 +78,28 @@ def _open(path: Path, what: str) -> Image.Image:
     return img
 
 
-def read_image(path: Path | str) -> np.ndarray:
-    """HxWx3 uint8 RGB array of an image file."""
-    return np.asarray(_open(Path(path), "image").convert("RGB"))
+def rgb_array(img: Image.Image, source: str, orient: bool = False) -> np.ndarray:
+    """HxWx3 uint8 RGB array of a Pillow image. 16-bit grey images (modes I;16*, or I within 16
+    bits) are scaled to 0..255 (Pillow's own conversion clips them, turning most pixels white);
+    other high-bit-depth modes are refused. `orient` applies the EXIF orientation (photos from
+    phones), as a user's image must be, never a dataset's, whose labels match the stored pixels."""
+    if orient:
+        img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I"):
+        values = np.asarray(img)
+        if values.min() < 0 or values.max() > 65535:
+            raise ValueError(f"image {source}: {img.mode} values {values.min()}..{values.max()} exceed 16 bits; "
+                             "convert it to 8 or 16 bits per channel")
+        grey = np.round(values.astype(np.float64) / 257).astype(np.uint8)  # 65535 -> 255
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode == "F":
+        raise ValueError(f"image {source}: floating-point images (mode F) are not supported; save it as 8 or 16 bits")
+    return np.asarray(img.convert("RGB"))
+
+
+def read_image(path: Path | str, orient: bool = False) -> np.ndarray:
+    """HxWx3 uint8 RGB array of an image file (see rgb_array)."""
+    return rgb_array(_open(Path(path), "image"), str(path), orient)
 
 
 def read_label(path: Path | str) -> np.ndarray:
@@ -198,6 +218,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray, dict]:
         """(image HxWx3 uint8, label HxW int64 train ids, meta) of item `index`."""
         raise NotImplementedError
+
+    def check(self, progress: bool = True) -> list[str]:
+        """Reads every item once; one line per item that cannot be read (the file and why). Takes
+        as long as an epoch of reading: for `csfr.train --check-data`, before hours of training."""
+        problems = []
+        for index in tqdm(range(len(self)), desc=f"check {self.name} {self.split}", disable=not progress,
+                          leave=False):
+            try:
+                self.load(index)
+            except (ValueError, OSError) as e:
+                problems.append(str(e).splitlines()[0])
+        return problems
 
     def __getitem__(self, index: int) -> dict:
         index = operator.index(index)

@@ -7,9 +7,11 @@ checkpoint intact.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,10 @@ def save(state: dict, path: Path) -> None:
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
+    except (RuntimeError, OSError) as e:  # torch reports a full disk as "unexpected pos ..."
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(errno.ENOSPC if free < 1 << 20 else getattr(e, "errno", None) or errno.EIO,
+                      f"cannot write checkpoint {path} ({free / 2**20:.0f} MiB free on its disk): {e}") from e
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -26,6 +26,7 @@ from csfr.engine import checkpoint, distributed
 from csfr.engine.builders import build_datasets, build_model
 from csfr.engine.evaluator import PredictionWriter, evaluate
 from csfr.engine.precision import autocast
+from csfr.engine.run_lock import RunLock
 from csfr.engine.run_log import RunLog
 from csfr.engine.sampling import EpochItems, ShardedStream
 from csfr.engine.schedule import poly_scheduler, resume_note
@@ -73,6 +74,13 @@ def _check(train: dict, world_size: int) -> int:
     return train["batch_size"] // share
 
 
+def _last_line(error: Exception) -> str:
+    """The message of an error raised in a DataLoader worker (torch re-raises it in the main process
+    with the worker's traceback in front): its last line, without the type name."""
+    last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    return last.split(": ", 1)[1] if last.split(": ", 1)[0] in {"ValueError", "OSError", "FileNotFoundError"} else last
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -92,6 +100,11 @@ class Trainer:
         self.resume_from = self._resume_path(resume)
         _seed_everything(self.train["seed"] + self.ctx.rank)
         self.train_set, self.val_set = build_datasets(config)
+        if list(self.val_set.class_names) != list(self.train_set.class_names):
+            raise ValueError(f"the validation set has {self.val_set.num_classes} classes "
+                             f"({', '.join(self.val_set.class_names[:4])}, ...) but the training set "
+                             f"{self.train_set.num_classes} ({', '.join(self.train_set.class_names[:4])}, ...): "
+                             "check data.val_options, which applies to the validation set only")
         self.model = build_model(config, self.train_set.num_classes).to(self.ctx.device)
         if self.ctx.distributed and self.train["sync_bn"]:
             if self.ctx.device.type == "cuda":
@@ -138,8 +151,20 @@ class Trainer:
         return path
 
     def _restore(self, state: dict) -> None:
+        missing = [k for k in ("iteration", "optimizer", "scheduler", "scaler", "rng") if k not in state]
+        if missing:
+            raise ValueError(f"--resume: {self.resume_from} holds no training state ({', '.join(missing)} missing): "
+                             "it is a weights file such as best.pt; resume from the run's iter_*.pt "
+                             "(--resume auto), or start a new run with its weights as model.pretrained")
         checkpoint.load_weights(self.model, state["model"], str(self.resume_from))
         self.optimizer.load_state_dict(state["optimizer"])
+        saved = state["config"]["train"]
+        for key in ("momentum", "weight_decay"):  # the optimiser's state would keep the checkpoint's
+            for group in self.optimizer.param_groups:
+                group[key] = self.train[key]
+            if saved.get(key, self.train[key]) != self.train[key] and self.ctx.is_main:
+                print(f"note: train.{key} {saved[key]} -> {self.train[key]} since the checkpoint, applied "
+                      "from the resumed iteration on")
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration, self.best = state["iteration"], state["best"]
@@ -173,7 +198,11 @@ class Trainer:
         accum = self.train["accum_steps"]
         totals: dict[str, float] = {}
         for micro in range(accum):
-            batch = next(batches)
+            try:
+                batch = next(batches)
+            except (ValueError, OSError) as e:  # a bad file: its one line, not a worker's traceback
+                raise ValueError(f"{_last_line(e)} (met at iteration {self.iteration + 1}; "
+                                 "python -m csfr.train --check-data lists every bad file)") from None
             # label values are checked here, on the CPU: on the device the check would cost a host sync
             check_label_values(batch["label"], self.model.num_classes, self.model.ignore_index, "training batch")
             images = batch["image"].to(self.ctx.device, non_blocking=True)
@@ -229,8 +258,18 @@ class Trainer:
 
     def run(self) -> dict:
         """Train to train.iters (validating every val_interval and at the end); returns
-        {"iteration", "scores" (last validation), "best"}."""
+        {"iteration", "scores" (last validation), "best"}. The run folder is locked for the run
+        (csfr.engine.run_lock): a second training there stops with one line."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.work_dir) if self.ctx.is_main else contextlib.nullcontext() as lock:
+            if lock is not None:
+                if lock.note:
+                    print(lock.note)
+                for partial in [*self.work_dir.glob("*.tmp"), *self.ckpt_dir.glob("*.tmp")]:
+                    partial.unlink()  # left by a process killed while writing; ours holds the lock
+            return self._run()
+
+    def _run(self) -> dict:
         if self.ctx.is_main:
             configs.save(self.cfg, self.work_dir / "config.json")
         log = RunLog(self.work_dir, self.ctx.is_main, self.iteration)
@@ -265,13 +304,15 @@ class Trainer:
                             print(f"iteration {self.iteration}/{iters}: " + ", ".join(
                                 f"{k} {v:.4f}" for k, v in means.items()) + f", lr {lr:.2e}", flush=True)
                         running = {}
-                    if self.iteration % self.train["ckpt_interval"] == 0 or self.iteration == iters:
-                        self._save()
+                    # validation before the checkpoint: a run killed while validating resumes from the
+                    # previous checkpoint and validates again, so best.pt never misses an iteration
                     val_every = self.train["val_interval"]
                     if self.iteration == iters or (val_every and self.iteration % val_every == 0):
                         scores = self.validate(log, final=self.iteration == iters)
                         if self.ctx.is_main:
                             bar.write(f"iteration {self.iteration}: mIoU {scores['mIoU']}")
+                    if self.iteration % self.train["ckpt_interval"] == 0 or self.iteration == iters:
+                        self._save()
                     if distributed.any_rank(stop.requested, self.ctx.device) if self.ctx.distributed \
                             else stop.requested:
                         raise StopRequested
