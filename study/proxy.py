@@ -2,7 +2,8 @@
 
     python -m csfr.train --config proxy_pretrain --work-dir runs/proxy/pretrain        # once, ~7 min
     python -m study.proxy run --backbone runs/proxy/pretrain/checkpoints/best.pt --seeds 0-11
-    python -m study.proxy table --out benchmarks/TRAIN_RESULTS.md
+    python -m study.proxy table --backbone runs/proxy/pretrain/checkpoints/best.pt --out benchmarks/TRAIN_RESULTS.md
+    python -m study.proxy run --end-to-end --arms baseline csfr --seeds 0-3 --backbone ...   # unfrozen
 
 The backbone is pretrained on a label set disjoint from the proxy's (`proxy_pretrain`), then its
 stage-4 features of the proxy's training images (and their mirror images) and validation images
@@ -17,6 +18,7 @@ with its reference (docs/study.md, "The fair test").
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import os
@@ -37,6 +39,7 @@ from csfr.engine.builders import eval_transform
 from csfr.engine.checkpoint import read_trained
 from csfr.engine.metrics import confusion_matrix, scores
 from csfr.engine.schedule import poly_factor
+from csfr.engine.trainer import Trainer
 from csfr.losses import ClassAwareConsistencyLoss
 from csfr.models.csfr import CACOnS
 from study.stats import FIRST_LOOK, holm, paired
@@ -65,11 +68,16 @@ ARMS = {arm.key: arm for arm in (
     Arm("aam", "CSFLM + AAM, CAC loss off (weight 0)", CSFR, (("w_intra", 0.0), ("w_inter", 0.0))),
     Arm("csfr", "full CSFR, per-image centroids (the presets')", CSFR),
     Arm("csfr_batch", "full CSFR, batch centroids", CSFR, (("cac_centroids", "batch"),)),
+    Arm("csfr_head", "full CSFR, the AAM fusing S with the head's X (the old default)", CSFR,
+        (("aam_fuses", "head"),)),
+    *(Arm(f"csfr_w{w:g}", f"full CSFR, CAC weight {w:g} ({w / 0.02:g}x the presets')", CSFR,
+          (("w_intra", w), ("w_inter", w))) for w in (0.1, 0.5)),
 )}
 # (arm, reference): the controls, each method against the baseline, and the loss on minus off
 CONTRASTS = [("aa", "baseline"), ("wide", "baseline"), ("balanced", "baseline"), ("cac_input", "baseline"),
-             ("aam", "baseline"), ("csfr", "baseline"), ("csfr_batch", "baseline"), ("csfr", "aam"),
-             ("csfr_batch", "aam")]
+             ("aam", "baseline"), ("csfr", "baseline"), ("csfr_batch", "baseline"), ("csfr_head", "baseline"),
+             ("csfr", "aam"), ("csfr_batch", "aam"), ("csfr_w0.1", "aam"), ("csfr_w0.5", "aam"),
+             ("csfr", "csfr_head")]
 
 
 def fingerprint(*parts) -> str:
@@ -218,10 +226,46 @@ def evaluate(model, val: dict, names: list[str], batch: int = 32) -> dict:
     return scores(cm, names)
 
 
+# -- end to end --------------------------------------------------------------------------------
+
+def backbone_weights(checkpoint: Path, work_dir: Path) -> Path:
+    """The pretraining checkpoint's backbone as a weights file `model.pretrained` loads."""
+    path = work_dir / f"backbone_{file_digest(checkpoint)}.pth"
+    if not path.exists():
+        work_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: torch.save(frozen_backbone(checkpoint).state_dict(), tmp))
+    return path
+
+
+def end_to_end_run(arm: Arm, seed: int, config: dict, weights: Path, folder: Path) -> dict:
+    """The whole network trained with csfr.train's Trainer from the pretrained backbone (unfrozen,
+    with the training augmentation and the auxiliary head); the head's initial weights are the
+    arm's `build_arm` ones, so arms stay paired by seed."""
+    if arm.cac_on_input or arm.balanced_ce or arm.stream:
+        raise ValueError(f"arm {arm.key} has no end-to-end form (it changes the proxy's own loop)")
+    cfg = json.loads(json.dumps(config))
+    cfg["model"].update(name=arm.model, pretrained=str(weights))
+    cfg["model"]["options"].update({"aux_weight": 0.4, **dict(arm.options)})
+    cfg["train"]["seed"] = seed
+    start = time.perf_counter()
+    resume = "auto" if list((folder / "checkpoints").glob("iter_*.pt")) else None
+    trainer = Trainer(cfg, folder, resume=resume, progress=False)
+    if resume is None:
+        initial = build_arm(arm, cfg, trainer.train_set.num_classes, seed).state_dict()
+        with torch.no_grad():
+            for key, tensor in trainer.model.state_dict().items():
+                if not key.startswith("backbone.") and key in initial and initial[key].shape == tensor.shape:
+                    tensor.copy_(initial[key])
+    result = trainer.run()["scores"]
+    return {"arm": arm.key, "seed": seed, "mIoU": result["mIoU"],
+            "IoU": {name: c["IoU"] for name, c in result["per_class"].items()},
+            "train_seconds": round(time.perf_counter() - start, 1), "threads": torch.get_num_threads()}
+
+
 # -- the study ---------------------------------------------------------------------------------
 
-def run_path(work_dir: Path, arm: Arm, seed: int, key: str) -> Path:
-    return work_dir / "runs" / f"{arm.key}_s{seed}_{key}.json"
+def run_path(runs: Path, arm: Arm, seed: int, key: str) -> Path:
+    return runs / f"{arm.key}_s{seed}_{key}.json"
 
 
 def config_key(config: dict, backbone: Path) -> str:
@@ -229,10 +273,10 @@ def config_key(config: dict, backbone: Path) -> str:
     return fingerprint(file_digest(backbone), {k: config[k] for k in ("model", "data", "train")})
 
 
-def results(work_dir: Path, key: str) -> dict[str, dict[int, dict]]:
+def results(runs: Path, key: str) -> dict[str, dict[int, dict]]:
     """{arm: {seed: result}} of the stored runs made under `key`."""
     found: dict[str, dict[int, dict]] = {}
-    for path in sorted((work_dir / "runs").glob(f"*_{key}.json")):
+    for path in sorted(runs.glob(f"*_{key}.json")):
         record = json.loads(path.read_text())
         found.setdefault(record["arm"], {})[record["seed"]] = record
     return found
@@ -292,9 +336,14 @@ def parse_args(argv=None):
     parser.add_argument("--work-dir", type=Path, default=Path("runs/proxy"), help="cache and runs (default runs/proxy)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process (default 1: run two processes on two cores)")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="train the whole network from the pretrained backbone with csfr.train's trainer "
+                             "(augmentation, auxiliary head) instead of heads on the frozen, cached features; "
+                             "for the arms without proxy-only switches")
     parser.add_argument("--out", help="table: the results file to write the section into (default: print it)")
-    parser.add_argument("--title", default="Proxy: frozen-feature study, families scenes",
-                        help="table: the section's title")
+    parser.add_argument("--title", default=None,
+                        help="table: the section's title (default: 'Proxy: frozen-feature study, families "
+                             "scenes', or '... end to end ...' with --end-to-end)")
     return parser.parse_args(argv)
 
 
@@ -307,25 +356,36 @@ def main(argv=None) -> None:
                  "(train it with python -m csfr.train --config proxy_pretrain)")
     key = config_key(config, args.backbone)
     seeds = sorted({s for text in args.seeds for s in parse_seeds(text)})
+    runs = args.work_dir / ("end_to_end" if args.end_to_end else "runs")
     if args.command == "run":
-        cache = cached_features(args.backbone, config, args.work_dir)
-        (args.work_dir / "runs").mkdir(parents=True, exist_ok=True)
+        if args.end_to_end:
+            weights = backbone_weights(args.backbone, args.work_dir)
+        else:
+            cache = cached_features(args.backbone, config, args.work_dir)
+        runs.mkdir(parents=True, exist_ok=True)
         for seed in seeds:
             for name in args.arms:
-                path = run_path(args.work_dir, ARMS[name], seed, key)
+                path = run_path(runs, ARMS[name], seed, key)
                 if path.exists():
                     continue
-                record = train_run(ARMS[name], seed, config, cache)
+                if args.end_to_end:
+                    record = end_to_end_run(ARMS[name], seed, config, weights, runs / f"{name}_s{seed}_{key}")
+                else:
+                    record = train_run(ARMS[name], seed, config, cache)
                 record["key"] = key
                 text = json.dumps(record, indent=1)
                 write_atomic(path, lambda tmp, text=text: tmp.write_text(text))
                 print(f"{name} seed {seed}: mIoU {record['mIoU']:.2f} ({record['train_seconds']:.0f} s)", flush=True)
-    note = (f"`python -m study.proxy table --backbone {args.backbone} --config {args.config}`"
-            + "".join(f" --set {o}" for o in args.overrides) + f"; runs keyed {key}; "
-            f"{config['train']['iters']} iterations, batch {config['train']['batch_size']}; one torch thread a process.")
-    section = table(results(args.work_dir, key), args.title, note)
+    mode = "end to end (unfrozen, augmented, auxiliary head)" if args.end_to_end else "frozen-feature study"
+    title = args.title or f"Proxy: {mode}, families scenes"
+    note = (f"`python -m study.proxy run --backbone {args.backbone} --config {args.config}"
+            + " --end-to-end" * args.end_to_end + "".join(f" --set {o}" for o in args.overrides)
+            + f"`; runs keyed {key}; {config['train']['iters']} iterations, batch {config['train']['batch_size']}; "
+            f"{args.threads} torch thread(s) a process; table of {datetime.date.today()}, torch {torch.__version__}, "
+            f"{os.cpu_count()} CPU cores. s / run is wall time of training, with other work on the machine.")
+    section = table(results(runs, key), title, note)
     if args.out:
-        write_section(args.out, args.title, section, heading="# Training results")
+        write_section(args.out, title, section, heading="# Training results")
     print(section)
 
 

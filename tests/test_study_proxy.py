@@ -104,3 +104,18 @@ def test_run_resumes_and_table_compares_every_arm(tmp_path, backbone, monkeypatc
 def test_missing_backbone_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="backbone checkpoint .*nowhere.pt does not exist"):
         proxy.main(["run", "--backbone", str(tmp_path / "nowhere.pt")])
+
+
+def test_end_to_end_runs_train_the_whole_network_from_the_pretrained_backbone(tmp_path, backbone):
+    args = ["run", "--end-to-end", "--backbone", str(backbone[0]), "--work-dir", str(tmp_path / "w"),
+            "--seeds", "0", "--arms", "baseline", "csfr",
+            *[a for s in [*SMALL, "data.workers=0", "train.ckpt_interval=3"] for a in ("--set", s)]]
+    proxy.main(args)
+    stored = sorted((tmp_path / "w" / "end_to_end").glob("*.json"))
+    assert [json.loads(p.read_text())["arm"] for p in stored] == ["baseline", "csfr"]
+    run = next(p for p in (tmp_path / "w" / "end_to_end").iterdir() if p.is_dir() and p.name.startswith("csfr"))
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["pretrained"].startswith(str(tmp_path / "w" / "backbone_"))
+    assert config["model"]["options"]["aux_weight"] == 0.4
+    with pytest.raises(ValueError, match="arm cac_input has no end-to-end form"):
+        proxy.end_to_end_run(proxy.ARMS["cac_input"], 0, configs.resolve("proxy", SMALL), backbone[0], tmp_path)
