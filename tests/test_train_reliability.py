@@ -204,3 +204,12 @@ def test_check_data_flag_reads_everything_before_training(tmp_path):
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "checked 64 training and 6 validation items: all readable" in proc.stdout
+
+
+@pytest.mark.parametrize("text, message", [("[1, 2]", "holds a list, not an object of sections"),
+                                           ("{\"model\": ", "is not valid JSON")])
+def test_a_config_file_that_is_no_config_is_one_line(tmp_path, text, message):
+    (tmp_path / "mine.json").write_text(text)
+    proc = subprocess.run([sys.executable, "-m", "csfr.train", "--config", str(tmp_path / "mine.json"),
+                           "--print-config"], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr

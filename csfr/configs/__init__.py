@@ -50,8 +50,14 @@ def load(name: str) -> dict:
 
 def load_file(path: str | os.PathLike) -> dict:
     """A config saved by a run (config.json in its folder), or a user's own JSON preset."""
-    with open(path) as f:
-        config = json.load(f)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"config file {path} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise TypeError(f"config file {path} holds a {type(config).__name__}, not an object of sections "
+                         "(model, data, train, eval)")
     parent = config.pop("_base", None)
     return merge(load(parent), config) if parent else config
 
