@@ -38,7 +38,7 @@ from csfr.data import build_dataset
 from csfr.engine.builders import eval_transform
 from csfr.engine.checkpoint import read_trained
 from csfr.engine.metrics import confusion_matrix, scores
-from csfr.engine.schedule import poly_factor
+from csfr.engine.schedule import poly_scheduler
 from csfr.engine.trainer import Trainer
 from csfr.losses import ClassAwareConsistencyLoss
 from csfr.models.csfr import CACOnS
@@ -148,6 +148,16 @@ def cached_features(backbone_path: Path, config: dict, work_dir: Path) -> dict:
 
 # -- one run -----------------------------------------------------------------------------------
 
+def copy_matching(model: torch.nn.Module, source: dict, rename=lambda key: key, skip: tuple[str, ...] = ()) -> None:
+    """Copies into `model` every tensor of `source` (a state_dict) under rename(key) whose shape
+    fits, leaving keys that start with one of `skip` alone."""
+    with torch.no_grad():
+        for key, tensor in model.state_dict().items():
+            origin = rename(key)
+            if not key.startswith(skip) and origin in source and source[origin].shape == tensor.shape:
+                tensor.copy_(source[origin])
+
+
 def build_arm(arm: Arm, config: dict, num_classes: int, seed: int) -> torch.nn.Module:
     """The arm's model; layers it shares with the baseline built under `seed` start from its weights."""
     options = {**config["model"]["options"], "backend": config["train"]["backend"]}
@@ -155,11 +165,8 @@ def build_arm(arm: Arm, config: dict, num_classes: int, seed: int) -> torch.nn.M
     reference = models.build(BASELINE, num_classes, **options).state_dict()
     torch.manual_seed(seed)
     model = models.build(arm.model, num_classes, **{**options, **dict(arm.options)})
-    with torch.no_grad():
-        for key, tensor in model.state_dict().items():
-            source = key.replace("head.head.", "head.", 1) if model.is_csfr else key
-            if source in reference and reference[source].shape == tensor.shape:
-                tensor.copy_(reference[source])
+    # CSFR keeps the baseline head as head.head
+    copy_matching(model, reference, lambda key: key.replace("head.head.", "head.", 1) if model.is_csfr else key)
     return model
 
 
@@ -179,9 +186,7 @@ def train_run(arm: Arm, seed: int, config: dict, cache: dict) -> dict:
     params = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
     optimizer = torch.optim.SGD(params, lr=train["lr"] * train["head_lr_mult"], momentum=train["momentum"],
                                 weight_decay=train["weight_decay"])
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: poly_factor(
-        it, train["iters"], train["poly_power"], train["min_lr"] / train["lr"], train["warmup_iters"],
-        train["warmup_ratio"]))
+    schedule = poly_scheduler(optimizer, train)
     cac_input = None
     if arm.cac_on_input:
         loss = ClassAwareConsistencyLoss(k, delta_v=o["delta_v"], delta_d=o["delta_d"], w_intra=o["w_intra"],
@@ -250,12 +255,9 @@ def end_to_end_run(arm: Arm, seed: int, config: dict, weights: Path, folder: Pat
     start = time.perf_counter()
     resume = "auto" if list((folder / "checkpoints").glob("iter_*.pt")) else None
     trainer = Trainer(cfg, folder, resume=resume, progress=False)
-    if resume is None:
+    if resume is None:  # the pretrained backbone stays; the rest starts from the arm's shared weights
         initial = build_arm(arm, cfg, trainer.train_set.num_classes, seed).state_dict()
-        with torch.no_grad():
-            for key, tensor in trainer.model.state_dict().items():
-                if not key.startswith("backbone.") and key in initial and initial[key].shape == tensor.shape:
-                    tensor.copy_(initial[key])
+        copy_matching(trainer.model, initial, skip=("backbone.",))
     result = trainer.run()["scores"]
     return {"arm": arm.key, "seed": seed, "mIoU": result["mIoU"],
             "IoU": {name: c["IoU"] for name, c in result["per_class"].items()},

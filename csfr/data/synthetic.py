@@ -53,6 +53,17 @@ _MODE_PERIODS = (6.0, 8.0, 10.0)  # stripe periods (px) of the three modes, rota
 _FAMILY_TEXTURES = ((STRIPES, 0), (STRIPES, 90), (CHECKER, 0), (CHECKER, 45))
 
 
+def _mode_tables(hues: np.ndarray, hue_step: float, rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[K, 3, 3] colours and [K, 3] stripe frequencies of three appearance modes per class: mode m
+    shifts the class hue by (m - 1) * hue_step at brightness 0.8, 0.7 or 0.9, and takes the period
+    _MODE_PERIODS[(rotation + m) % 3]."""
+    modes, values = np.arange(len(_MODE_PERIODS)), (0.8, 0.7, 0.9)
+    colour = np.array([[colorsys.hsv_to_rgb((h + (m - 1) * hue_step) % 1.0, 0.55, values[m]) for m in modes]
+                       for h in hues], np.float32) * 255
+    periods = np.array(_MODE_PERIODS, np.float32)[(rotation[:, None] + modes) % len(_MODE_PERIODS)]
+    return colour, (2 * np.pi / periods).astype(np.float32)
+
+
 class SyntheticScenes(SegmentationDataset):
     """`num_classes` textured classes on `size` (int or (H, W)) images; `length` items per split
     (default 2000 train / 200 val); `scenes` "pairs" (one look per class), "modes" (three looks
@@ -104,27 +115,19 @@ class SyntheticScenes(SegmentationDataset):
     def _modes_look(self, hues: np.ndarray) -> None:
         """[K, 3] look tables of the "modes" scenes: per (class, mode) a colour and a period; the
         texture kind and orientation stay the class's own."""
-        modes = np.arange(len(_MODE_PERIODS))
-        pairs = np.arange(self.num_classes) // 2
-        values = np.array([0.8, 0.7, 0.9])[modes]
-        self._colour = np.array([[colorsys.hsv_to_rgb((h + (m - 1) / 12) % 1.0, 0.55, v) for m, v in zip(modes, values)]
-                                 for h in hues], np.float32) * 255
-        self._freq = (2 * np.pi / np.array(_MODE_PERIODS, np.float32)[(pairs[:, None] + modes) % 3]).astype(np.float32)
-        self._angle = self._angle[:, None].repeat(len(modes), 1)
-        self._texture = self._texture[:, None].repeat(len(modes), 1)
+        self._colour, self._freq = _mode_tables(hues, 1 / 12, np.arange(self.num_classes) // 2)
+        self._angle = self._angle[:, None].repeat(len(_MODE_PERIODS), 1)
+        self._texture = self._texture[:, None].repeat(len(_MODE_PERIODS), 1)
 
     def _families_look(self, look_seed: int) -> None:
         """[K, 3] look tables, class names and the classes' frequencies of the "families" scenes."""
-        k, modes = np.arange(self.num_classes), np.arange(len(_MODE_PERIODS))
+        k, n_modes = np.arange(self.num_classes), len(_MODE_PERIODS)
         family, member = k // len(_FAMILY_TEXTURES), k % len(_FAMILY_TEXTURES)
         hues = (family + 0.5 * (look_seed % 2)) / -(-self.num_classes // len(_FAMILY_TEXTURES))
-        values = np.array([0.8, 0.7, 0.9])
-        self._colour = np.array([[colorsys.hsv_to_rgb((h + (m - 1) / 30) % 1.0, 0.55, values[m]) for m in modes]
-                                 for h in hues], np.float32) * 255
-        self._freq = (2 * np.pi / np.array(_MODE_PERIODS, np.float32)[(k[:, None] + modes) % 3]).astype(np.float32)
+        self._colour, self._freq = _mode_tables(hues, 1 / 30, k)
         kind, degrees = np.array(_FAMILY_TEXTURES).T
-        self._texture = kind[member][:, None].repeat(len(modes), 1)
-        self._angle = np.radians(degrees[member]).astype(np.float32)[:, None].repeat(len(modes), 1)
+        self._texture = kind[member][:, None].repeat(n_modes, 1)
+        self._angle = np.radians(degrees[member]).astype(np.float32)[:, None].repeat(n_modes, 1)
         rank = np.random.default_rng([look_seed, _STREAM]).permutation(self.num_classes)
         self.frequencies = 1.0 / (rank + 1)
         self.frequencies /= self.frequencies.sum()

@@ -29,7 +29,7 @@ class RunLog:
             path = Path(work_dir) / "log.jsonl"
             if start_iteration and path.exists():
                 kept = [line for line in path.read_text().splitlines(keepends=True)
-                        if _iteration(line) is not None and _iteration(line) <= start_iteration]
+                        if (i := _iteration(line)) is not None and i <= start_iteration]
                 tmp = path.with_name(path.name + ".tmp")
                 tmp.write_text("".join(kept))
                 os.replace(tmp, path)

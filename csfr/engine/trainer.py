@@ -78,7 +78,8 @@ def _last_line(error: Exception) -> str:
     """The message of an error raised in a DataLoader worker (torch re-raises it in the main process
     with the worker's traceback in front): its last line, without the type name."""
     last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-    return last.split(": ", 1)[1] if last.split(": ", 1)[0] in {"ValueError", "OSError", "FileNotFoundError"} else last
+    kind, sep, message = last.partition(": ")
+    return message if sep and kind in {"ValueError", "OSError", "FileNotFoundError"} else last
 
 
 def _seed_everything(seed: int) -> None:
