@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "../kernels/cac_state.h"
 #include "shape_text.h"
 
 #ifdef _OPENMP
@@ -283,6 +284,124 @@ Tensor pixel_grad_cpu(const Tensor& feats, const Tensor& labels, const Tensor& g
   return out;
 }
 
+// The fused cac_loss on the CPU: the kernels above, then the class part below, into the same state as the
+// CUDA code path (kernels/cac_state.h), so the backward and the tests read one layout. Labels are checked by
+// compact_labels (an error naming the value); a non-finite class sum gives NaN terms, as on a GPU.
+template <typename A>
+void cac_class_part(A* st, const csfr::CacState& L, A delta_d, A w_intra, A w_inter, A* loss, A* terms) {
+  const int64_t B = L.B, K = L.K, D = L.D;
+  std::vector<char> non_finite(B, 0);
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<A> g(D);
+    for (int64_t b = b0; b < b1; ++b) {
+      const A* counts = st + L.counts() + b * K;
+      const A* sums = st + L.sums() + b * K * D;
+      A n = 0;
+      for (int64_t k = 0; k < K; ++k) n += counts[k] > 0 ? 1 : 0;
+      st[L.present() + b] = n;
+      const A inv_n = A(1) / std::max(n, A(1)), has_intra = n >= 1 ? 1 : 0, has_inter = n >= 2 ? 1 : 0;
+      const A pairs = std::max(n * (n - 1), A(1));
+      for (int64_t a = 0; a < K; ++a) {
+        A* ga = st + L.g_inter() + (b * K + a) * D;
+        A row_intra = 0, row_inter = 0, present_a = counts[a] > 0 ? 1 : 0;
+        std::fill(g.begin(), g.end(), A(0));
+        const A inv_a = A(1) / std::max(counts[a], A(1));
+        for (int64_t c = 0; c < K && present_a; ++c) {
+          if (c == a || counts[c] <= 0) continue;
+          const A inv_c = A(1) / std::max(counts[c], A(1));
+          A d2 = 0;
+          for (int64_t d = 0; d < D; ++d) {
+            const A diff = sums[a * D + d] * inv_a - sums[c * D + d] * inv_c;
+            d2 += diff * diff;
+          }
+          const A dist = std::sqrt(d2), gap = std::max(2 * delta_d - dist, A(0));
+          row_inter += gap * gap;
+          const A w = dist > 0 ? gap / dist : A(0);
+          for (int64_t d = 0; d < D; ++d) g[d] += w * (sums[a * D + d] * inv_a - sums[c * D + d] * inv_c);
+        }
+        if (present_a)
+          for (int64_t d = 0; d < D; ++d) non_finite[b] |= !std::isfinite(sums[a * D + d]);
+        const A scale = A(-4) * has_inter / pairs * inv_a * present_a;
+        for (int64_t d = 0; d < D; ++d) ga[d] = scale * g[d];
+        row_intra = st[L.hinge() + b * K + a] * inv_a * inv_n * has_intra * present_a;
+        st[L.a() + b * K + a] = has_intra * inv_n * inv_a * present_a;
+        st[L.row_intra() + b * K + a] = row_intra;
+        st[L.row_inter() + b * K + a] = row_inter / pairs * has_inter;
+      }
+    }
+  });
+  A intra = 0, inter = 0, n_intra = 0, n_inter = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t k = 0; k < K; ++k) {
+      intra += st[L.row_intra() + b * K + k];
+      inter += st[L.row_inter() + b * K + k];
+    }
+    n_intra += st[L.present() + b] >= 1 ? 1 : 0;
+    n_inter += st[L.present() + b] >= 2 ? 1 : 0;
+    if (non_finite[b]) st[L.flags() + csfr::kFlagNonFinite] = 1;
+  }
+  n_intra = std::max(n_intra, A(1));
+  n_inter = std::max(n_inter, A(1));
+  intra /= n_intra;
+  inter /= n_inter;
+  if (st[L.flags() + csfr::kFlagNonFinite] != 0) intra = inter = std::nan("");
+  terms[0] = intra;
+  terms[1] = inter;
+  *loss = w_intra * intra + w_inter * inter;
+  st[L.scale()] = A(1) / n_intra;
+  st[L.scale() + 1] = A(1) / n_inter;
+}
+
+std::tuple<Tensor, Tensor, Tensor> cac_loss_cpu(const Tensor& feats, const Tensor& labels, int64_t K, double delta_v,
+                                                double delta_d, double w_intra, double w_inter, int64_t ignore_index) {
+  check_feats_labels(feats, labels, "cac_loss");
+  TORCH_CHECK(delta_v >= 0 && delta_d >= 0, "cac_loss: margins must be >= 0, got delta_v=", delta_v,
+              ", delta_d=", delta_d);
+  const csfr::CacState L{feats.size(0), feats.size(1), feats.size(2), K};
+  auto [sums, counts] = segment_sum_cpu(feats, labels, K, ignore_index);
+  const Tensor mu = sums * counts.clamp_min(1).reciprocal().unsqueeze(-1);
+  auto [coef, hinge, wsum, wcount] = cac_pixel_pass_cpu(feats, labels, mu, delta_v, ignore_index);
+  Tensor state = at::zeros({L.total()}, sums.options());
+  const std::pair<int64_t, const Tensor*> parts[] = {{L.sums(), &sums},   {L.wsum(), &wsum},     {L.counts(), &counts},
+                                                     {L.hinge(), &hinge}, {L.wcount(), &wcount}, {L.coef(), &coef}};
+  for (const auto& [offset, part] : parts) state.narrow(0, offset, part->numel()).copy_(part->reshape(-1));
+  Tensor loss = at::empty({}, sums.options()), terms = at::empty({2}, sums.options());
+  AT_DISPATCH_FLOATING_TYPES(state.scalar_type(), "cac_loss", [&] {
+    cac_class_part<scalar_t>(state.data_ptr<scalar_t>(), L, static_cast<scalar_t>(delta_d),
+                             static_cast<scalar_t>(w_intra), static_cast<scalar_t>(w_inter), loss.data_ptr<scalar_t>(),
+                             terms.data_ptr<scalar_t>());
+  });
+  return {loss, terms, state};
+}
+
+// The backward reads the state's views: pixel_grad's direct operands (mu, coef, a) and its per-class g, scaled by
+// the upstream gradients, as tensors (nothing is read on the host, as on the CUDA code path).
+Tensor cac_loss_backward_cpu(const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_terms,
+                             const Tensor& feats, const Tensor& labels, const Tensor& state, int64_t K, double w_intra,
+                             double w_inter, int64_t ignore_index) {
+  check_feats_labels(feats, labels, "cac_loss_backward");
+  const csfr::CacState L{feats.size(0), feats.size(1), feats.size(2), K};
+  TORCH_CHECK(state.dim() == 1 && state.numel() == L.total() && state.scalar_type() == acc_type(feats),
+              "cac_loss_backward: state must be [", L.total(), "] ", acc_type(feats));
+  const int64_t B = L.B, D = L.D;
+  auto part = [&](int64_t offset, at::IntArrayRef shape) {
+    int64_t n = 1;
+    for (const int64_t s : shape) n *= s;
+    return state.narrow(0, offset, n).view(shape);
+  };
+  Tensor go = at::zeros({2}, state.options());  // (intra, inter)
+  if (grad_loss) go = go + grad_loss->reshape({1}) * at::tensor({w_intra, w_inter}, state.options());
+  if (grad_terms) go = go + *grad_terms;
+  const Tensor s = go * part(L.scale(), {2});
+  const Tensor s_intra = s.narrow(0, 0, 1), s_inter = s.narrow(0, 1, 1);
+  const Tensor inv = part(L.counts(), {B, K}).clamp_min(1).reciprocal();
+  const Tensor a = part(L.a(), {B, K}) * s_intra;
+  const Tensor g = (-a * inv).unsqueeze(-1) * part(L.wsum(), {B, K, D}) + part(L.g_inter(), {B, K, D}) * s_inter;
+  const Tensor mu = part(L.sums(), {B, K, D}) * inv.unsqueeze(-1);
+  return pixel_grad_cpu(feats, labels, g.contiguous(), ignore_index, mu, part(L.coef(), {B, L.N}).contiguous(),
+                        a.contiguous());
+}
+
 enum class GateMode { kFull, kPixel, kChannel };
 
 GateMode check_blend(const Tensor& x, const Tensor& s, const Tensor& g, const char* op) {
@@ -442,6 +561,8 @@ TORCH_LIBRARY_IMPL(csfr, CPU, m) {
   m.impl("segment_sum", &segment_sum_cpu);
   m.impl("cac_pixel_pass", &cac_pixel_pass_cpu);
   m.impl("pixel_grad", &pixel_grad_cpu);
+  m.impl("cac_loss", &cac_loss_cpu);
+  m.impl("cac_loss_backward", &cac_loss_backward_cpu);
   m.impl("blend_forward", &blend_forward_cpu);
   m.impl("blend_backward", &blend_backward_cpu);
 }

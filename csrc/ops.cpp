@@ -3,9 +3,18 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cac_autograd.h"
 #include "schemas.h"
 
 TORCH_LIBRARY(csfr, m) { csfr::define_kernel_schemas(m); }
+
+namespace {
+struct CsfrLib {
+  static constexpr const char* kForward = "csfr::cac_loss";
+  static constexpr const char* kBackward = "csfr::cac_loss_backward";
+};
+}  // namespace
+TORCH_LIBRARY_IMPL(csfr, Autograd, m) { m.impl("cac_loss", &csfr::CacLossFunction<CsfrLib>::apply_op); }
 
 // A plain CPython module (no pybind11: it keeps the build light); importing it loads the
 // op registrations above. Attributes say what this build contains.

@@ -39,7 +39,8 @@ constexpr int kButterflyClasses = CSFR_PIXEL_PASS_BUTTERFLY_CLASSES;
 template <typename T, bool kDet>
 __global__ void __launch_bounds__(kPix * kGroups)
 cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labels,
-                      const acc_t<T>* __restrict__ mu, acc_t<T> delta_v, acc_t<T>* __restrict__ coef,
+                      const acc_t<T>* __restrict__ mu, const acc_t<T>* __restrict__ mu_counts, acc_t<T> delta_v,
+                      acc_t<T>* __restrict__ coef,
                       acc_t<T>* __restrict__ hinge, acc_t<T>* __restrict__ wsum, acc_t<T>* __restrict__ wcount,
                       acc_t<T>* __restrict__ h2, int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore) {
   using A = acc_t<T>;
@@ -52,12 +53,13 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
   const T* fi = feats + b * D * N + i;
 
   // pass 1: partial squared distance over this warp's channels
+  const A ms = k >= 0 ? mean_scale(mu_counts, b * K + k) : A(1);
   A acc = 0;
   if (k >= 0) {
     const A* m = mu + (b * K + k) * D;
 #pragma unroll 4
     for (int64_t d = grp; d < D; d += kGroups) {
-      const A diff = to_acc(fi[d * N]) - m[d];
+      const A diff = to_acc(fi[d * N]) - m[d] * ms;
       acc += diff * diff;
     }
   }
@@ -90,7 +92,7 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
   const bool few = warp_classes_at_most<kButterflyClasses>(kc);
   A* ws = wsum + b * K * D;
   for (int64_t d = grp; d < D; d += kGroups) {
-    const A v = kc >= 0 ? c * (to_acc(fi[d * N]) - mu[(b * K + kc) * D + d]) : A(0);
+    const A v = kc >= 0 ? c * (to_acc(fi[d * N]) - mu[(b * K + kc) * D + d] * ms) : A(0);
     warp_class_add(few, kc, v, [&](int kk, A t) { atomicAdd(ws + kk * D + d, t); });
   }
 }
@@ -98,12 +100,13 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
 template <typename T>
 cudaError_t launch(const void* feats, const int64_t* labels, const void* mu, double delta_v, void* coef,
                    void* hinge, void* wsum, void* wcount, int64_t B, int64_t D, int64_t N, int64_t K,
-                   int64_t ignore, bool deterministic, void* workspace, cudaStream_t stream) {
+                   int64_t ignore, bool deterministic, void* workspace, cudaStream_t stream, const Fused& fused) {
   using A = acc_t<T>;
   cudaError_t err = cudaSuccess;
   const void* bufs[] = {coef, hinge, wsum, wcount};
   const int64_t sizes[] = {B * N, B * K, B * K * D, B * K};
-  for (int j = 0; j < 4 && err == cudaSuccess; ++j)
+  // a fused caller has cleared the accumulated outputs (coef is written whole either way)
+  for (int j = 0; j < 4 && err == cudaSuccess && !fused.cleared; ++j)
     err = cudaMemsetAsync(const_cast<void*>(bufs[j]), 0, sizeof(A) * sizes[j], stream);
   if (err != cudaSuccess || B == 0 || N == 0) return err;
   if (deterministic && workspace == nullptr) return cudaErrorInvalidValue;
@@ -117,23 +120,26 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* mu, dou
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(nb));
     const T* f = static_cast<const T*>(feats) + b0 * D * N;
     const A* m = static_cast<const A*>(mu) + b0 * K * D;
+    const A* mn = fused.mean_counts ? static_cast<const A*>(fused.mean_counts) + b0 * K : nullptr;
     A *co = static_cast<A*>(coef) + b0 * N, *hi = static_cast<A*>(hinge) + b0 * K;
     A *ws = static_cast<A*>(wsum) + b0 * K * D, *wc = static_cast<A*>(wcount) + b0 * K;
     if (deterministic)
       CSFR_LAUNCH(grid, dim3(kPix, kGroups), 0, stream, cac_pixel_pass_kernel<T, true>)(
-          f, labels + b0 * N, m, static_cast<A>(delta_v), co, hi, ws, wc, h2 + b0 * N, nb, D, N, K, ignore);
+          f, labels + b0 * N, m, mn, static_cast<A>(delta_v), co, hi, ws, wc, h2 + b0 * N, nb, D, N, K, ignore);
     else
       CSFR_LAUNCH(grid, dim3(kPix, kGroups), 0, stream, cac_pixel_pass_kernel<T, false>)(
-          f, labels + b0 * N, m, static_cast<A>(delta_v), co, hi, ws, wc, nullptr, nb, D, N, K, ignore);
+          f, labels + b0 * N, m, mn, static_cast<A>(delta_v), co, hi, ws, wc, nullptr, nb, D, N, K, ignore);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   if (!deterministic) return cudaSuccess;
   const DType self = CSFR_DTYPE_OF(T), acc = CSFR_DTYPE_OF(A);
   void* scratch = h2 + B * N;
-  err = segment_sum_weighted(self, feats, labels, coef, mu, wsum, wcount, B, D, N, K, ignore, true, scratch, stream);
+  const Fused centre{fused.mean_counts, nullptr, fused.cleared};
+  err = segment_sum_fused(self, feats, labels, coef, mu, wsum, wcount, B, D, N, K, ignore, true, scratch, stream,
+                          centre);
   if (err == cudaSuccess)  // hinge[b, k] = sum of h^2 over the pixels of class k: a one-channel segment sum
-    err = segment_sum_weighted(acc, h2, labels, nullptr, nullptr, hinge, nullptr, B, 1, N, K, ignore, true, scratch,
-                               stream);
+    err = segment_sum_fused(acc, h2, labels, nullptr, nullptr, hinge, nullptr, B, 1, N, K, ignore, true, scratch,
+                            stream, Fused{nullptr, nullptr, fused.cleared});
   return err;
 }
 
@@ -143,10 +149,19 @@ cudaError_t cac_pixel_pass(DType dtype, const void* feats, const int64_t* labels
                            double delta_v, void* coef, void* hinge, void* wsum, void* wcount, int64_t B,
                            int64_t D, int64_t N, int64_t K, int64_t ignore_index, bool deterministic,
                            void* workspace, cudaStream_t stream) {
+  return detail::cac_pixel_pass_fused(dtype, feats, labels, mu, delta_v, coef, hinge, wsum, wcount, B, D, N, K,
+                                      ignore_index, deterministic, workspace, stream, detail::Fused{});
+}
+
+cudaError_t detail::cac_pixel_pass_fused(DType dtype, const void* feats, const int64_t* labels, const void* mu,
+                                         double delta_v, void* coef, void* hinge, void* wsum, void* wcount,
+                                         int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore_index,
+                                         bool deterministic, void* workspace, cudaStream_t stream,
+                                         const Fused& fused) {
   return CSFR_DISPATCH(dtype, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     return launch<T>(feats, labels, mu, delta_v, coef, hinge, wsum, wcount, B, D, N, K, ignore_index, deterministic,
-                     workspace, stream);
+                     workspace, stream, fused);
   });
 }
 

@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdio>
+#include <stdexcept>
 #include <type_traits>
 
 #include "csfr_kernels.cuh"
@@ -39,6 +41,25 @@ __device__ __forceinline__ double sigmoid(double v) { return 1.0 / (1.0 + exp(-v
 __device__ __forceinline__ int class_of(const int64_t* labels, int64_t idx, int64_t K, int64_t ignore) {
   const int64_t v = labels[idx];
   return (v == ignore || v < 0 || v >= K) ? -1 : static_cast<int>(v);
+}
+
+// 1 / max(n_k, 1) for the class at `bk` = b * K + k when means are formed from class sums where they are
+// read (the fused cac_loss: no kernel spent on mu = sums / n), or 1 when `counts` is null (the operand
+// holds the means already). Every reader of the fused op's means multiplies by this same value.
+template <typename A> __device__ __forceinline__ A mean_scale(const A* counts, int64_t bk) {
+  return counts ? A(1) / (counts[bk] > A(1) ? counts[bk] : A(1)) : A(1);
+}
+
+// A device-side assertion: on a GPU the thread prints `what` and stops the kernel (the error surfaces at the
+// next CUDA call, as torch's own device asserts do, and leaves the context unusable); under the emulation the
+// launch raises it.
+__device__ __forceinline__ void device_fail(const char* what) {
+#ifdef CSFR_EMULATION
+  throw std::runtime_error(what);
+#else
+  printf("%s\n", what);
+  __trap();
+#endif
 }
 
 // Sum over the 32 lanes; every lane gets the total.
@@ -101,6 +122,26 @@ template <typename A> __device__ __forceinline__ A* dynamic_smem() {
   return reinterpret_cast<A*>(csfr_smem);
 #endif
 }
+
+// What the fused cac_loss asks of the kernels beyond their plain form (kernels/cac_loss.cu): outputs that
+// are already cleared (one clear of the whole state instead of a memset per output), means formed from
+// class sums and counts where they are read (`mean_counts` [B,K] beside the sums passed as centre / mu),
+// and labels outside [0, K) that are not ignored flagged on the device (`bad_label`, one acc value).
+struct Fused {
+  const void* mean_counts = nullptr;
+  void* bad_label = nullptr;
+  bool cleared = false;
+};
+
+cudaError_t segment_sum_fused(DType dtype, const void* feats, const int64_t* labels, const void* weight,
+                              const void* center, void* sums, void* counts, int64_t B, int64_t D, int64_t N,
+                              int64_t K, int64_t ignore_index, bool deterministic, void* workspace,
+                              cudaStream_t stream, const Fused& fused);
+
+cudaError_t cac_pixel_pass_fused(DType dtype, const void* feats, const int64_t* labels, const void* mu,
+                                 double delta_v, void* coef, void* hinge, void* wsum, void* wcount, int64_t B,
+                                 int64_t D, int64_t N, int64_t K, int64_t ignore_index, bool deterministic,
+                                 void* workspace, cudaStream_t stream, const Fused& fused);
 
 }  // namespace detail
 }  // namespace csfr

@@ -46,6 +46,23 @@ cudaError_t pixel_grad(DType dtype, const void* feats, const int64_t* labels, co
                        const void* coef, const void* a, void* out, int64_t B, int64_t D, int64_t N, int64_t K,
                        int64_t ignore_index, cudaStream_t stream);
 
+// The fused cac_loss (kernels/cac_loss.cu): state [CacState{B,D,N,K}.total()] acc (kernels/cac_state.h),
+// loss [] and terms [2] (intra, inter) acc out; loss = w_intra * intra + w_inter * inter, both terms NaN if a
+// counted feature is not finite; a label outside [0, K) and not ignored is a device-side assertion. Four
+// launches, no host read.
+// deterministic: needs cac_pixel_pass_workspace_bytes() of workspace.
+cudaError_t cac_loss_forward(DType dtype, const void* feats, const int64_t* labels, void* state, void* loss,
+                             void* terms, int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore_index,
+                             double delta_v, double delta_d, double w_intra, double w_inter, bool deterministic,
+                             void* workspace, cudaStream_t stream);
+
+// dF [B,D,N] in `dtype` from the forward's state and the upstream gradients, read on the device: grad_loss
+// [] and grad_terms [2] (element j at j * terms_stride), acc, either may be null (no gradient reached it).
+cudaError_t cac_loss_backward(DType dtype, const void* feats, const int64_t* labels, const void* state,
+                              const void* grad_loss, const void* grad_terms, int64_t terms_stride, double w_intra,
+                              double w_inter, void* out, int64_t B, int64_t D, int64_t N, int64_t K,
+                              int64_t ignore_index, cudaStream_t stream);
+
 // How the gate of gated_blend broadcasts over x [B,C,N].
 enum class GateMode : int { kFull = 0, kPixel = 1, kChannel = 2 };
 

@@ -35,7 +35,8 @@ template <typename T, bool kShared, bool kDet>
 __global__ void __launch_bounds__(kThreads)
 segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labels,
                    const acc_t<T>* __restrict__ weight, const acc_t<T>* __restrict__ center,
-                   acc_t<T>* __restrict__ sums, acc_t<T>* __restrict__ counts, acc_t<T>* __restrict__ partial,
+                   const acc_t<T>* __restrict__ center_counts, acc_t<T>* __restrict__ sums,
+                   acc_t<T>* __restrict__ counts, acc_t<T>* __restrict__ partial, acc_t<T>* __restrict__ bad_label,
                    int64_t D, int64_t N, int64_t K, int64_t ignore) {
   using A = acc_t<T>;
   static_assert(kShared || !kDet, "the deterministic path reduces through shared memory");
@@ -82,15 +83,18 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
   for (int it = 0; it < kItems; ++it) {
     const int64_t i = base + static_cast<int64_t>(it) * kThreads;
     const int k = i < N ? class_of(yb, i, K, ignore) : -1;
+    if (bad_label && k < 0 && i < N && yb[i] != ignore) *bad_label = A(1);  // every writer stores the same 1
     const int k0 = __shfl_sync(kFullMask, k, 0);
     const bool uniform = __all_sync(kFullMask, k == k0);
     // a pixel adds w (f - center[k]) with w = weight_i, or plain f with weight 1
     const A w = k < 0 ? A(0) : weight ? weight[b * N + i] : A(1);
     const A* ck = k >= 0 && center ? center + (b * K + k) * D + d0 : nullptr;
+    const A cs = ck ? mean_scale(center_counts, b * K + k) : A(1);
     A v[kDT];
 #pragma unroll
     for (int c = 0; c < kDT; ++c)
-      v[c] = (k >= 0 && c < dn) ? (ck ? w * (to_acc(fb[c * N + i]) - ck[c]) : w * to_acc(fb[c * N + i])) : A(0);
+      v[c] = (k >= 0 && c < dn) ? (ck ? w * (to_acc(fb[c * N + i]) - ck[c] * cs) : w * to_acc(fb[c * N + i]))
+                                : A(0);
     if (uniform && k0 == run_k) {
 #pragma unroll
       for (int c = 0; c < kDT; ++c) run[c] += v[c];
@@ -172,10 +176,13 @@ cudaError_t shared_table(int64_t K, size_t* bytes, bool* fits) {
 template <typename T>
 cudaError_t launch(const void* feats, const int64_t* labels, const void* weight, const void* center, void* sums,
                    void* counts, int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore, bool deterministic,
-                   void* workspace, cudaStream_t stream) {
+                   void* workspace, cudaStream_t stream, const Fused& fused) {
   using A = acc_t<T>;
-  cudaError_t err = cudaMemsetAsync(sums, 0, sizeof(A) * B * K * D, stream);
-  if (err == cudaSuccess && counts) err = cudaMemsetAsync(counts, 0, sizeof(A) * B * K, stream);
+  cudaError_t err = cudaSuccess;
+  if (!fused.cleared) {
+    err = cudaMemsetAsync(sums, 0, sizeof(A) * B * K * D, stream);
+    if (err == cudaSuccess && counts) err = cudaMemsetAsync(counts, 0, sizeof(A) * B * K, stream);
+  }
   if (err != cudaSuccess || B == 0 || N == 0) return err;
   size_t bytes = 0;
   bool fits = false;
@@ -187,6 +194,8 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* weight,
   if (dtiles > kMaxGridYZ || tiles > INT32_MAX) return cudaErrorInvalidValue;
   const A* w = static_cast<const A*>(weight);
   const A* ctr = static_cast<const A*>(center);
+  const A* ctr_n = static_cast<const A*>(fused.mean_counts);
+  A* bad = static_cast<A*>(fused.bad_label);
   for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
     const int64_t nb = B - b0 < kMaxGridYZ ? B - b0 : kMaxGridYZ;
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(dtiles), static_cast<unsigned>(nb));
@@ -194,18 +203,19 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* weight,
     const int64_t* y = labels + b0 * N;
     const A* wb = w ? w + b0 * N : nullptr;
     const A* cb = ctr ? ctr + b0 * K * D : nullptr;
+    const A* cn = ctr_n ? ctr_n + b0 * K : nullptr;
     A* s = static_cast<A*>(sums) + b0 * K * D;
     A* c = counts ? static_cast<A*>(counts) + b0 * K : nullptr;
     A* part = static_cast<A*>(workspace);
     if (deterministic)
-      CSFR_LAUNCH(grid, kThreads, bytes, stream, segment_sum_kernel<T, true, true>)(f, y, wb, cb, s, c, part, D, N, K,
-                                                                                     ignore);
+      CSFR_LAUNCH(grid, kThreads, bytes, stream, segment_sum_kernel<T, true, true>)(f, y, wb, cb, cn, s, c, part, bad, D,
+                                                                                     N, K, ignore);
     else if (fits)
-      CSFR_LAUNCH(grid, kThreads, bytes, stream, segment_sum_kernel<T, true, false>)(f, y, wb, cb, s, c, nullptr, D,
-                                                                                      N, K, ignore);
+      CSFR_LAUNCH(grid, kThreads, bytes, stream, segment_sum_kernel<T, true, false>)(f, y, wb, cb, cn, s, c, nullptr,
+                                                                                      bad, D, N, K, ignore);
     else
-      CSFR_LAUNCH(grid, kThreads, 0, stream, segment_sum_kernel<T, false, false>)(f, y, wb, cb, s, c, nullptr, D, N,
-                                                                                   K, ignore);
+      CSFR_LAUNCH(grid, kThreads, 0, stream, segment_sum_kernel<T, false, false>)(f, y, wb, cb, cn, s, c, nullptr,
+                                                                                   bad, D, N, K, ignore);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     if (deterministic) {
       const int64_t sum_elems = nb * K * D, cnt_elems = nb * K;
@@ -234,10 +244,18 @@ cudaError_t segment_sum_weighted(DType dtype, const void* feats, const int64_t* 
                                  const void* center, void* sums, void* counts, int64_t B, int64_t D, int64_t N,
                                  int64_t K, int64_t ignore_index, bool deterministic, void* workspace,
                                  cudaStream_t stream) {
+  return detail::segment_sum_fused(dtype, feats, labels, weight, center, sums, counts, B, D, N, K, ignore_index,
+                                   deterministic, workspace, stream, detail::Fused{});
+}
+
+cudaError_t detail::segment_sum_fused(DType dtype, const void* feats, const int64_t* labels, const void* weight,
+                                      const void* center, void* sums, void* counts, int64_t B, int64_t D, int64_t N,
+                                      int64_t K, int64_t ignore_index, bool deterministic, void* workspace,
+                                      cudaStream_t stream, const Fused& fused) {
   return CSFR_DISPATCH(dtype, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     return launch<T>(feats, labels, weight, center, sums, counts, B, D, N, K, ignore_index, deterministic, workspace,
-                     stream);
+                     stream, fused);
   });
 }
 

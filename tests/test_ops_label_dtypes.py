@@ -109,11 +109,14 @@ def test_bad_label_is_refused_the_same_way(monkeypatch, backend, dtype, value, i
     cannot hold), on every backend, before any kernel runs."""
     _cpu_only(backend)
     monkeypatch.setattr(cac, "kernels", lambda name: pytest.fail("a kernel ran"))
+    monkeypatch.setattr(cac, "fused_loss", lambda name: pytest.fail("a kernel ran"))
     monkeypatch.setattr(centroids, "kernels", lambda name: pytest.fail("a kernel ran"))
     feats, labels = torch.randn(2, 3, 6, 5), torch.randint(0, K, (2, 6, 5), dtype=dtype)
     labels[1, 3, 2] = value
     hint = "" if _fits(ignore_index, dtype) else f", which cannot hold {ignore_index}"
     for op, call in zip(("cac_loss", "cac_loss", "class_centroids"), _all_ops(feats, labels, backend, ignore_index)):
+        if op == "cac_loss" and backend == "cuda_emulated":
+            continue  # the CUDA code path checks in its kernels: test_cuda_code_path_asserts_bad_labels
         with pytest.raises(ValueError) as error:
             call()
         assert str(error.value) == (f"{op}: label value {value} at index (1, 3, 2) is outside [0, {K}) and is not "
@@ -125,12 +128,29 @@ def test_device_path_refuses_bad_labels(monkeypatch, dtype):
     """On device tensors the same check is a device-side assertion, with the dtype in its message."""
     monkeypatch.setattr(checks, "host_checks", lambda t: False)
     feats, labels = torch.randn(2, 3, 6, 5), torch.randint(0, K, (2, 6, 5), dtype=dtype)
-    csfr.ops.cac_loss(feats, labels, K, backend="cpu")
+    csfr.ops.class_centroids(feats, labels, K, backend="cpu")
     labels[1, 3, 2] = 200 if dtype == torch.uint8 else -1
     hint = "" if _fits(255, dtype) else ", which cannot hold 255"
-    with pytest.raises(RuntimeError, match=rf"cac_loss: a label value is outside \[0, {K}\) and is not "
+    with pytest.raises(RuntimeError, match=rf"class_centroids: a label value is outside \[0, {K}\) and is not "
                                            rf"ignore_index=255 \(labels are {dtype}{hint};"):
-        csfr.ops.cac_loss(feats, labels, K, backend="cpu")
+        csfr.ops.class_centroids(feats, labels, K, backend="cpu")
+
+
+@pytest.mark.parametrize("dtype", LABEL_DTYPES, ids=str)
+@pytest.mark.parametrize("ignore_index", [255, -1])
+def test_cuda_code_path_asserts_bad_labels(dtype, ignore_index):
+    """The fused cac_loss flags a label outside [0, K) that is not ignore_index in its segment_sum, in the
+    labels' own dtype (an int8 -1 is not 255), and stops in a device-side assertion; a clean batch passes."""
+    _device("cuda_emulated")
+    feats, labels = torch.randn(2, 3, 6, 5), torch.randint(0, K, (2, 6, 5), dtype=dtype)
+    if _fits(ignore_index, dtype):
+        labels[0, 0, 0] = ignore_index
+    assert torch.isfinite(csfr.ops.cac_loss(feats, labels, K, ignore_index=ignore_index, backend="cuda_emulated"))
+    labels[1, 3, 2] = next(v for v in (-1, 255, K) if _fits(v, dtype) and v != ignore_index)
+    for call in _all_ops(feats, labels, "cuda_emulated", ignore_index):
+        with pytest.raises(RuntimeError, match=r"cac_loss: a label value is outside \[0, num_classes\)"):
+            call()
+        break  # cac_loss; cac_terms runs the same op, class_centroids checks on the host
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -63,8 +63,20 @@ def test_host_path_is_what_the_trace_sees():
 def test_device_path_label_error_is_a_device_assertion(device_path):
     feats, labels = _inputs()
     labels[1, 2, 3] = K + 3
-    with pytest.raises(RuntimeError, match=rf"cac_loss: a label value is outside \[0, {K}\)"):
-        csfr.ops.cac_loss(feats, labels, K, backend="cpu")
+    with pytest.raises(RuntimeError, match=rf"class_centroids: a label value is outside \[0, {K}\)"):
+        csfr.ops.class_centroids(feats, labels, K, backend="cpu")
+
+
+def test_cuda_code_path_checks_labels_in_its_kernels():
+    """The fused cac_loss of the CUDA code path flags a bad label in segment_sum and stops in the class
+    part's device-side assertion (the emulation raises it from the launch)."""
+    if csfr.ops.backends()["cuda_emulated"] != "available":
+        pytest.skip(csfr.ops.backends()["cuda_emulated"])
+    feats, labels = _inputs()
+    assert torch.isfinite(csfr.ops.cac_loss(feats, labels, K, backend="cuda_emulated"))
+    labels[1, 2, 3] = K + 3
+    with pytest.raises(RuntimeError, match=r"cac_loss: a label value is outside \[0, num_classes\)"):
+        csfr.ops.cac_loss(feats, labels, K, backend="cuda_emulated")
 
 
 def test_device_path_non_finite_features_give_a_nan_loss(device_path):

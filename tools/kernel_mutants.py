@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TESTS = ["tests/test_ops_emulated.py", "tests/test_emulation.py"]
+TESTS = ["tests/test_ops_emulated.py", "tests/test_emulation.py", "tests/test_ops_label_dtypes.py"]
 
 # name -> (file, original text, planted text)
 MUTANTS = {
@@ -60,6 +60,25 @@ MUTANTS = {
     "deterministic table sum skips warp 7": (
         "kernels/segment_sum.cu", "for (int w = 0; w < kWarps; ++w) total += tables[w * table + j];",
         "for (int w = 0; w < kWarps - 1; ++w) total += tables[w * table + j];"),
+    # the fused cac_loss (kernels/cac_loss.cu)
+    "class part halves the inter gradient": (
+        "kernels/cac_loss.cu", "const A scale = A(-4) * has_inter", "const A scale = A(-2) * has_inter"),
+    "class part skips the last class as a partner": (
+        "kernels/cac_loss.cu", "for (int64_t c = warp; c < K; c += kClassWarps) {",
+        "for (int64_t c = warp; c + 1 < K; c += kClassWarps) {"),
+    "class part drops the barrier after forming mu_a": (
+        "kernels/cac_loss.cu", "// every writer stores the same 1\n    __syncthreads();\n    row_intra",
+        "// every writer stores the same 1\n    row_intra"),
+    "class part's last block skips the last image": (
+        "kernels/cac_loss.cu", "for (int64_t j = tid; j < L.B; j += kClassThreads) {",
+        "for (int64_t j = tid; j + 1 < L.B; j += kClassThreads) {"),
+    "fused pixel pass ignores the means' counts": (
+        "kernels/cac_pixel_pass.cu", "const A ms = k >= 0 ? mean_scale(mu_counts, b * K + k) : A(1);",
+        "const A ms = A(1);"),
+    "fused gradient drops the through-the-mean term": (
+        "kernels/cac_loss.cu", "+ through_mu * wk[c] + s_inter * gk[c];", "+ s_inter * gk[c];"),
+    "fused segment_sum flags no bad label": (
+        "kernels/segment_sum.cu", "if (bad_label && k < 0 && i < N && yb[i] != ignore) *bad_label = A(1);", ""),
 }
 
 

@@ -1,9 +1,11 @@
 """cac_loss: the Class-Aware Consistency loss as a fused torch.library custom op.
 
-The fused backends make two passes over the features forward (segment_sum, then
-cac_pixel_pass) and one backward (pixel_grad). The inter-class term only involves the
-[B,K,D] centroids, so it is computed here with small dense torch ops (a K x K Gram matrix
-per image) and never touches the features.
+On the C++ backends (cpu, cuda, and cuda_emulated, which runs the CUDA code on the CPU) the loss is
+one op, csfr::cac_loss, whose backward is in C++ (csrc/cac_autograd.h): on a GPU four launches
+forward (a clear, segment_sum, cac_pixel_pass, the class part) and one backward (docs/kernels.md,
+"The fused cac_loss"), with no host synchronisation. Triton keeps the composed form below: its
+kernels make the same two passes forward and one backward, and the inter-class term, which only
+involves the [B,K,D] centroids, is computed with small dense torch ops (a K x K Gram matrix per image).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from csfr.ops import reference
+from csfr.ops import checks, reference
 from csfr.ops.centroids import pixel_grad
 from csfr.ops.checks import (
     check_features_labels,
@@ -20,7 +22,7 @@ from csfr.ops.checks import (
     check_label_values,
     nan_unless_finite,
 )
-from csfr.ops.dispatch import kernels, resolve
+from csfr.ops.dispatch import FUSED_LOSS, fused_loss, kernels, resolve
 from csfr.ops.layout import acc_dtype, flat_features, flat_labels
 
 
@@ -117,6 +119,22 @@ def _check_margins(delta_v: float, delta_d: float) -> None:
         raise ValueError(f"cac_loss: margins must be >= 0, got delta_v={delta_v}, delta_d={delta_d}")
 
 
+def _fused(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float, delta_d: float, w_intra: float,
+           w_inter: float, ignore_index: int, name: str) -> tuple[Tensor, Tensor]:
+    """(loss, terms) of the fused op of a C++ backend. On CPU tensors of the cpu backend the values are
+    checked on the host (an error naming the label, or the image and class of a non-finite feature); the
+    CUDA code path (cuda, and cuda_emulated on CPU tensors) reads nothing back: a bad label is a
+    device-side assertion and a non-finite feature makes the terms NaN."""
+    host = name == "cpu" and checks.host_checks(labels) and not torch.compiler.is_compiling()
+    if host:
+        check_label_values(labels, num_classes, ignore_index, "cac_loss")
+    loss, terms, _ = fused_loss(name)(flat_features(feats), flat_labels(labels), num_classes, float(delta_v),
+                                            float(delta_d), float(w_intra), float(w_inter), ignore_index)
+    if host and not bool(torch.isfinite(terms).all()):
+        check_finite_features(feats, labels, ignore_index, "cac_loss")  # raises, naming where
+    return loss, terms
+
+
 def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,
               delta_d: float = 1.5, ignore_index: int = 255, backend: str = "auto") -> Tensor:
     """The unweighted (intra, inter) CAC terms (docs/design.md, operator 2).
@@ -141,6 +159,8 @@ def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 
             check_label_values(labels, num_classes, ignore_index, "cac_loss")
             check_finite_features(feats, labels, ignore_index, "cac_loss")
         return reference.cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index)
+    if name in FUSED_LOSS:
+        return _fused(feats, labels, num_classes, delta_v, delta_d, 1.0, 1.0, ignore_index, name)[1]
     return _cac_terms(flat_features(feats), labels, num_classes, float(delta_v), float(delta_d), ignore_index,
                       name)[0]
 
@@ -154,7 +174,14 @@ def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0
 
     Returns:
         A scalar, float32 (float64 for float64 features). NaN/Inf features raise on CPU tensors;
-        on a GPU (where raising would cost a host synchronisation) the loss is NaN instead.
+        on a GPU (where raising would cost a host synchronisation) the loss is NaN instead, and so
+        it is for labels outside [0, num_classes) that are not ignored (the training loop checks
+        labels on the CPU before they reach the GPU).
     """
-    intra, inter = cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index, backend)
+    check_features_labels(feats, labels, num_classes, "cac_loss")
+    _check_margins(delta_v, delta_d)
+    name = resolve(backend, feats.device)
+    if name in FUSED_LOSS:
+        return _fused(feats, labels, num_classes, delta_v, delta_d, w_intra, w_inter, ignore_index, name)[0]
+    intra, inter = cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index, name)
     return w_intra * intra + w_inter * inter

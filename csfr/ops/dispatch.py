@@ -83,22 +83,35 @@ def backends() -> dict[str, str]:
 
 @functools.cache
 def kernels(name: str) -> SimpleNamespace:
-    """The five kernels of backend `name` (cpu, cuda or triton) as plain callables."""
+    """The five kernels of backend `name` (cpu, cuda, cuda_emulated or triton) as plain callables."""
     reason = _why_not(name)
     if reason is not None:
         raise BackendUnavailable(f"csfr backend {name!r} is unavailable: {reason}")
-    if name in ("cpu", "cuda"):
-        ops = torch.ops.csfr
-        return SimpleNamespace(**{k: getattr(ops, k).default for k in _KERNEL_NAMES})
-    if name == "cuda_emulated":
-        from csfr.ops import emulation
-        emulation.load()
-        ops = torch.ops.csfr_emulated
+    if name in ("cpu", "cuda", "cuda_emulated"):
+        ops = _library(name)
         return SimpleNamespace(**{k: getattr(ops, k).default for k in _KERNEL_NAMES})
     if name == "triton":
         from csfr.ops import triton as triton_kernels
         return SimpleNamespace(**{k: getattr(triton_kernels, k) for k in _KERNEL_NAMES})
     raise ValueError(f"backend {name!r} has no kernels (the torch backend is the reference)")
+
+
+def _library(name: str):
+    """The op namespace of a C++ backend: torch.ops.csfr, or the emulated one (built and loaded on first use)."""
+    if name == "cuda_emulated":
+        from csfr.ops import emulation
+        emulation.load()
+        return torch.ops.csfr_emulated
+    return torch.ops.csfr
+
+
+FUSED_LOSS = ("cpu", "cuda", "cuda_emulated")  # the backends whose cac_loss is one op (Triton composes it)
+
+
+def fused_loss(name: str):
+    """The whole-loss op cac_loss of a backend in FUSED_LOSS, its backward in C++. Not cached, so
+    torch.compile traces it to the op itself."""
+    return _library(name).cac_loss
 
 
 def resolve(backend: str, device: torch.device) -> str:

@@ -1,4 +1,4 @@
-"""Fake (meta) kernels of the five C++ kernel ops (torch.ops.csfr.*, docs/kernels.md): output
+"""Fake (meta) kernels of the C++ kernel ops (torch.ops.csfr.*, docs/kernels.md): output
 shapes and dtypes without data, so the ops work with FakeTensors (torch.compile, torch.library.opcheck).
 Registered only when the extension csfr._C is built (the ops exist only then)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from csfr.ops.dispatch import _extension
-from csfr.ops.layout import acc_dtype
+from csfr.ops.layout import acc_dtype, cac_state_size
 
 
 def _acc(feats, *shape):
@@ -29,6 +29,15 @@ def _pixel_grad(feats, labels, g, ignore_index, mu, coef, a):
     return torch.empty_like(feats)
 
 
+def _cac_loss(feats, labels, num_classes, delta_v, delta_d, w_intra, w_inter, ignore_index):
+    b, d, n = feats.shape
+    return _acc(feats), _acc(feats, 2), _acc(feats, cac_state_size(b, d, n, num_classes))
+
+
+def _cac_loss_backward(grad_loss, grad_terms, feats, labels, state, num_classes, w_intra, w_inter, ignore_index):
+    return torch.empty_like(feats)
+
+
 def _blend_forward(x, s, g):
     return torch.empty_like(x)
 
@@ -38,6 +47,7 @@ def _blend_backward(grad_z, x, s, g):
 
 
 FAKES = {"segment_sum": _segment_sum, "cac_pixel_pass": _cac_pixel_pass, "pixel_grad": _pixel_grad,
+         "cac_loss": _cac_loss, "cac_loss_backward": _cac_loss_backward,
          "blend_forward": _blend_forward, "blend_backward": _blend_backward}
 
 

@@ -26,3 +26,9 @@ def flat_features(feats: Tensor) -> Tensor:
 def flat_labels(labels: Tensor) -> Tensor:
     """Labels [B,*sp] -> contiguous int64 [B,N] (a view when they already are)."""
     return labels.reshape(labels.shape[0], -1).long().contiguous()
+
+
+def cac_state_size(b: int, d: int, n: int, k: int) -> int:
+    """Elements of the fused cac_loss op's state buffer: kernels/cac_state.h's CacState.total(), which
+    is its one home (a test holds the two equal)."""
+    return 3 * b * k * d + 6 * b * k + b * n + b + 5

@@ -106,6 +106,12 @@ uint64_t warp_collective(Collective op, unsigned mask, uint64_t payload, int arg
 
 void* dynamic_shared_memory();
 
+// Calls `observer` with the name of each emulated runtime call that enqueues device work ("cudaLaunchKernel",
+// "cudaMemsetAsync"), as a GPU profile lists them: the glue turns them into torch.profiler events, so a test
+// counts the launches of an operator on the CPU.
+void set_observer(void (*observer)(const char* call));
+void observe(const char* call);
+
 // Seed of the block and fiber schedule (also read from CSFR_EMULATION_SEED at start-up).
 void set_seed(uint64_t seed);
 
@@ -209,15 +215,26 @@ inline double atomicAdd(double* address, double v) {
   return old;
 }
 
+inline unsigned atomicAdd(unsigned* address, unsigned v) {
+  const unsigned old = *address;
+  *address = old + v;
+  return old;
+}
+// Blocks run one after another, so every write of an earlier block is visible: a fence has nothing to order.
+inline void __threadfence() {}
+
 // ---- math ---------------------------------------------------------------------------------------
 inline float __expf(float v) { return std::exp(v); }
 using std::exp;
+using std::isfinite;
+using std::nan;
 using std::sqrt;
 
 // ---- host API the launchers use --------------------------------------------------------------
 inline cudaError_t cudaGetLastError() { return csfr::emu::take_last_error(); }
 inline const char* cudaGetErrorString(cudaError_t err) { return csfr::emu::error_string(err); }
 inline cudaError_t cudaMemsetAsync(void* ptr, int value, size_t bytes, cudaStream_t = nullptr) {
+  csfr::emu::observe("cudaMemsetAsync");
   if (bytes != 0) std::memset(ptr, value, bytes);
   return cudaSuccess;
 }

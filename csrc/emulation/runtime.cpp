@@ -477,7 +477,18 @@ const char* error_string(cudaError_t err) {
   return "unknown error";
 }
 
+namespace {
+void (*g_observer)(const char*) = nullptr;
+}  // namespace
+
+void set_observer(void (*observer)(const char* call)) { g_observer = observer; }
+
+void observe(const char* call) {
+  if (g_observer) g_observer(call);
+}
+
 cudaError_t run_grid(dim3 grid, dim3 block, size_t smem, const void* kernel_id, const std::function<void()>& body) {
+  observe("cudaLaunchKernel");
   std::lock_guard<std::mutex> lock(g_launch_mutex);
   if (block.count() == 0 || block.count() > kMaxThreadsPerBlock || grid.count() == 0 || grid.x > kMaxGridX ||
       grid.y > kMaxGridYZ || grid.z > kMaxGridYZ || block.z > 64)

@@ -1,0 +1,63 @@
+// The autograd of the fused cac_loss op, in C++: the backward is one call of `cac_loss_backward` (one kernel on
+// a GPU), with no Python and no host read in between. Registered at the Autograd key of the csfr library
+// (csrc/ops.cpp) and of the emulated test library (csrc/cuda/ops_cuda.cpp); `Lib` names the library's ops.
+#pragma once
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <optional>
+#include <tuple>
+
+namespace csfr {
+
+template <typename Lib>
+struct CacLossFunction : torch::autograd::Function<CacLossFunction<Lib>> {
+  using Tensor = at::Tensor;
+
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& feats,
+                                                const Tensor& labels, int64_t K, double delta_v, double delta_d,
+                                                double w_intra, double w_inter, int64_t ignore_index) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow(Lib::kForward, "")
+            .template typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, int64_t, double, double,
+                                                               double, double, int64_t)>();
+    auto [loss, terms, state] = op.call(feats, labels, K, delta_v, delta_d, w_intra, w_inter, ignore_index);
+    ctx->save_for_backward({feats, labels, state});
+    ctx->saved_data["K"] = K;
+    ctx->saved_data["w_intra"] = w_intra;
+    ctx->saved_data["w_inter"] = w_inter;
+    ctx->saved_data["ignore_index"] = ignore_index;
+    ctx->mark_non_differentiable({state});
+    ctx->set_materialize_grads(false);  // an unused output's gradient stays undefined: nothing to read
+    return {loss, terms, state};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(8);
+    if (!grads[0].defined() && !grads[1].defined()) return out;
+    static const auto op =
+        c10::Dispatcher::singleton()
+            .findSchemaOrThrow(Lib::kBackward, "")
+            .template typed<Tensor(const std::optional<Tensor>&, const std::optional<Tensor>&, const Tensor&,
+                                   const Tensor&, const Tensor&, int64_t, double, double, int64_t)>();
+    const auto saved = ctx->get_saved_variables();
+    auto given = [](const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; };
+    out[0] = op.call(given(grads[0]), given(grads[1]), saved[0], saved[1], saved[2], ctx->saved_data["K"].toInt(),
+                     ctx->saved_data["w_intra"].toDouble(), ctx->saved_data["w_inter"].toDouble(),
+                     ctx->saved_data["ignore_index"].toInt());
+    return out;
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor> apply_op(const Tensor& feats, const Tensor& labels, int64_t K,
+                                                     double delta_v, double delta_d, double w_intra, double w_inter,
+                                                     int64_t ignore_index) {
+    auto out = CacLossFunction::apply(feats, labels, K, delta_v, delta_d, w_intra, w_inter, ignore_index);
+    return {out[0], out[1], out[2]};
+  }
+};
+
+}  // namespace csfr
