@@ -23,7 +23,7 @@
 #include <cstdlib>
 #include <vector>
 
-#include "../kernels/cac_state.h"
+#include "../kernels/fused_state.h"
 #include "shape_text.h"
 
 #ifdef _OPENMP
@@ -285,7 +285,7 @@ Tensor pixel_grad_cpu(const Tensor& feats, const Tensor& labels, const Tensor& g
 }
 
 // The fused cac_loss on the CPU: the kernels above, then the class part below, into the same state as the
-// CUDA code path (kernels/cac_state.h), so the backward and the tests read one layout. Labels are checked by
+// CUDA code path (kernels/fused_state.h), so the backward and the tests read one layout. Labels are checked by
 // compact_labels (an error naming the value); a non-finite class sum gives NaN terms, as on a GPU.
 template <typename A>
 void cac_class_part(A* st, const csfr::CacState& L, A delta_d, A w_intra, A w_inter, A* loss, A* terms) {
@@ -400,6 +400,32 @@ Tensor cac_loss_backward_cpu(const std::optional<Tensor>& grad_loss, const std::
   const Tensor mu = part(L.sums(), {B, K, D}) * inv.unsqueeze(-1);
   return pixel_grad_cpu(feats, labels, g.contiguous(), ignore_index, mu, part(L.coef(), {B, L.N}).contiguous(),
                         a.contiguous());
+}
+
+// The fused class_centroids on the CPU: segment_sum, the means in the features' dtype, int64 counts, and the
+// same state as the CUDA code path (its sums and counts) for the backward.
+std::tuple<Tensor, Tensor, Tensor> class_centroids_fused_cpu(const Tensor& feats, const Tensor& labels, int64_t K,
+                                                             int64_t ignore_index) {
+  auto [sums, counts] = segment_sum_cpu(feats, labels, K, ignore_index);
+  const csfr::CentroidState L{feats.size(0), feats.size(1), K};
+  Tensor state = at::zeros({L.total()}, sums.options());
+  state.narrow(0, L.sums(), sums.numel()).copy_(sums.reshape(-1));
+  state.narrow(0, L.counts(), counts.numel()).copy_(counts.reshape(-1));
+  const Tensor mu = (sums * counts.clamp_min(1).reciprocal().unsqueeze(-1)).to(feats.scalar_type());
+  return {mu, counts.to(at::kLong), state};
+}
+
+Tensor class_centroids_fused_backward_cpu(const Tensor& grad_mu, const Tensor& feats, const Tensor& labels,
+                                          const Tensor& state, int64_t K, int64_t ignore_index) {
+  check_feats_labels(feats, labels, "class_centroids_backward");
+  const int64_t B = feats.size(0), D = feats.size(1);
+  const csfr::CentroidState L{B, D, K};
+  TORCH_CHECK(state.dim() == 1 && state.numel() == L.total() && state.scalar_type() == acc_type(feats),
+              "class_centroids_backward: state must be [", L.total(), "] ", acc_type(feats));
+  TORCH_CHECK(grad_mu.sizes() == at::IntArrayRef({B, K, D}), "class_centroids_backward: grad_mu must be [B, K, D]");
+  const Tensor inv = state.narrow(0, L.counts(), B * K).view({B, K, 1}).clamp_min(1).reciprocal();
+  const Tensor g = (grad_mu.to(state.scalar_type()) * inv).contiguous();
+  return pixel_grad_cpu(feats, labels, g, ignore_index, std::nullopt, std::nullopt, std::nullopt);
 }
 
 enum class GateMode { kFull, kPixel, kChannel };
@@ -563,6 +589,8 @@ TORCH_LIBRARY_IMPL(csfr, CPU, m) {
   m.impl("pixel_grad", &pixel_grad_cpu);
   m.impl("cac_loss", &cac_loss_cpu);
   m.impl("cac_loss_backward", &cac_loss_backward_cpu);
+  m.impl("class_centroids_fused", &class_centroids_fused_cpu);
+  m.impl("class_centroids_fused_backward", &class_centroids_fused_backward_cpu);
   m.impl("blend_forward", &blend_forward_cpu);
   m.impl("blend_backward", &blend_backward_cpu);
 }

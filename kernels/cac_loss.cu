@@ -1,7 +1,7 @@
 // The fused cac_loss (docs/kernels.md, "The fused cac_loss"): the whole loss in four launches forward and one
 // backward, with nothing read back by the host, so its cost on a GPU is the bytes it moves, not launches.
 //
-// Forward, on one `state` buffer (kernels/cac_state.h):
+// Forward, on one `state` buffer (kernels/fused_state.h):
 //  1. one clear of the accumulated part;
 //  2. segment_sum: class sums and counts, flagging labels outside [0, K) on the device;
 //  3. cac_pixel_pass: distances to the means sums / n (formed where read), hinges, coef, wsum;
@@ -16,7 +16,7 @@
 // Backward: cac_grad_kernel, one pass over the features, reading the upstream gradients from device memory.
 #include <cmath>
 
-#include "cac_state.h"
+#include "fused_state.h"
 #include "common.cuh"
 
 namespace csfr {

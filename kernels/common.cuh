@@ -127,10 +127,16 @@ template <typename A> __device__ __forceinline__ A* dynamic_smem() {
 // are already cleared (one clear of the whole state instead of a memset per output), means formed from
 // class sums and counts where they are read (`mean_counts` [B,K] beside the sums passed as centre / mu),
 // and labels outside [0, K) that are not ignored flagged on the device (`bad_label`, one acc value).
+// The fused class_centroids also has segment_sum finish each image (the last of its blocks, by a ticket in
+// `tickets` [B], cleared): means in the features' dtype to `mean_out` [B,K,D], counts to `count_out` [B,K]
+// int64, and a flagged label stops there. `bad_label` is then required.
 struct Fused {
   const void* mean_counts = nullptr;
   void* bad_label = nullptr;
   bool cleared = false;
+  void* mean_out = nullptr;
+  int64_t* count_out = nullptr;
+  void* tickets = nullptr;
 };
 
 cudaError_t segment_sum_fused(DType dtype, const void* feats, const int64_t* labels, const void* weight,

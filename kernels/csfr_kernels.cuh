@@ -46,7 +46,7 @@ cudaError_t pixel_grad(DType dtype, const void* feats, const int64_t* labels, co
                        const void* coef, const void* a, void* out, int64_t B, int64_t D, int64_t N, int64_t K,
                        int64_t ignore_index, cudaStream_t stream);
 
-// The fused cac_loss (kernels/cac_loss.cu): state [CacState{B,D,N,K}.total()] acc (kernels/cac_state.h),
+// The fused cac_loss (kernels/cac_loss.cu): state [CacState{B,D,N,K}.total()] acc (kernels/fused_state.h),
 // loss [] and terms [2] (intra, inter) acc out; loss = w_intra * intra + w_inter * inter, both terms NaN if a
 // counted feature is not finite; a label outside [0, K) and not ignored is a device-side assertion. Four
 // launches, no host read.
@@ -62,6 +62,18 @@ cudaError_t cac_loss_backward(DType dtype, const void* feats, const int64_t* lab
                               const void* grad_loss, const void* grad_terms, int64_t terms_stride, double w_intra,
                               double w_inter, void* out, int64_t B, int64_t D, int64_t N, int64_t K,
                               int64_t ignore_index, cudaStream_t stream);
+
+// The fused class_centroids: state [CentroidState{B,D,K}.total()] acc (kernels/fused_state.h); mu [B,K,D] in
+// `dtype` and counts [B,K] int64 out. Two launches (a clear, segment_sum finishing each image in its last
+// block), no host read; a label outside [0, K) and not ignored is a device-side assertion.
+cudaError_t class_centroids_forward(DType dtype, const void* feats, const int64_t* labels, void* state, void* mu,
+                                    int64_t* counts, int64_t B, int64_t D, int64_t N, int64_t K,
+                                    int64_t ignore_index, bool deterministic, void* workspace, cudaStream_t stream);
+
+// dF [B,D,N] = grad_mu[y_i] / n_{y_i}; grad_mu [B,K,D] in `dtype` at strides (stride_b, stride_k, stride_d).
+cudaError_t class_centroids_backward(DType dtype, const int64_t* labels, const void* grad_mu, int64_t stride_b,
+                                     int64_t stride_k, int64_t stride_d, const void* state, void* out, int64_t B,
+                                     int64_t D, int64_t N, int64_t K, int64_t ignore_index, cudaStream_t stream);
 
 // How the gate of gated_blend broadcasts over x [B,C,N].
 enum class GateMode : int { kFull = 0, kPixel = 1, kChannel = 2 };

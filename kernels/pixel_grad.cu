@@ -4,6 +4,7 @@
 // loads the label (and a[y_i] * coef_i) once and then streams kDT coalesced channel rows. The
 // class-indexed operands g and mu are [B, K, D], a few KiB per image, read through L1/L2.
 #include "common.cuh"
+#include "fused_state.h"
 
 namespace csfr {
 namespace {
@@ -43,6 +44,29 @@ pixel_grad_kernel(const T* __restrict__ feats, const int64_t* __restrict__ label
   }
 }
 
+constexpr int kCentroidChannels = 64;  // the fused class_centroids' backward: a label read once per 64 channels
+
+// dF_i = dmu[y_i] / n_{y_i}: the fused class_centroids' backward. dmu [B,K,D] in the features' dtype at any
+// strides (the gradient of mu.sum() is one value broadcast: strides 0, nothing copied); counts from the state.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+centroid_grad_kernel(const int64_t* __restrict__ labels, const T* __restrict__ dmu, int64_t sb, int64_t sk,
+                     int64_t sd, const acc_t<T>* __restrict__ counts, T* __restrict__ out, int64_t D, int64_t N,
+                     int64_t K, int64_t ignore) {
+  using A = acc_t<T>;
+  const int64_t b = blockIdx.z;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (i >= N) return;
+  const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kCentroidChannels;
+  const int dn = static_cast<int>(D - d0 < kCentroidChannels ? D - d0 : kCentroidChannels);
+  const int64_t row0 = (b * D + d0) * N + i;
+  const int k = class_of(labels, b * N + i, K, ignore);
+  const A inv = k >= 0 ? mean_scale(counts, b * K + k) : A(0);
+  const T* g = dmu + b * sb + (k >= 0 ? k : 0) * sk + d0 * sd;
+#pragma unroll 4
+  for (int c = 0; c < dn; ++c) out[row0 + c * N] = from_acc<T>(k >= 0 ? to_acc(g[c * sd]) * inv : A(0));
+}
+
 template <typename T>
 cudaError_t launch(const void* feats, const int64_t* labels, const void* g, const void* mu, const void* coef,
                    const void* a, void* out, int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore,
@@ -72,6 +96,21 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* g, cons
   return cudaSuccess;
 }
 
+template <typename T>
+cudaError_t launch_centroid_grad(const int64_t* labels, const void* grad_mu, int64_t sb, int64_t sk, int64_t sd,
+                                 const void* state, void* out, int64_t B, int64_t D, int64_t N, int64_t K,
+                                 int64_t ignore, cudaStream_t stream) {
+  using A = acc_t<T>;
+  if (B == 0 || N == 0 || D == 0) return cudaSuccess;
+  const int64_t tiles = (N + kThreads - 1) / kThreads, dtiles = (D + kCentroidChannels - 1) / kCentroidChannels;
+  if (B > kMaxGridYZ || dtiles > kMaxGridYZ || tiles > INT32_MAX) return cudaErrorInvalidValue;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(dtiles), static_cast<unsigned>(B));
+  const A* counts = static_cast<const A*>(state) + CentroidState{B, D, K}.counts();
+  CSFR_LAUNCH(grid, kThreads, 0, stream, centroid_grad_kernel<T>)(labels, static_cast<const T*>(grad_mu), sb, sk, sd,
+                                                                  counts, static_cast<T*>(out), D, N, K, ignore);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 cudaError_t pixel_grad(DType dtype, const void* feats, const int64_t* labels, const void* g, const void* mu,
@@ -80,6 +119,16 @@ cudaError_t pixel_grad(DType dtype, const void* feats, const int64_t* labels, co
   return CSFR_DISPATCH(dtype, [&](auto tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     return launch<T>(feats, labels, g, mu, coef, a, out, B, D, N, K, ignore_index, stream);
+  });
+}
+
+cudaError_t class_centroids_backward(DType dtype, const int64_t* labels, const void* grad_mu, int64_t stride_b,
+                                     int64_t stride_k, int64_t stride_d, const void* state, void* out, int64_t B,
+                                     int64_t D, int64_t N, int64_t K, int64_t ignore_index, cudaStream_t stream) {
+  return CSFR_DISPATCH(dtype, [&](auto tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    return launch_centroid_grad<T>(labels, grad_mu, stride_b, stride_k, stride_d, state, out, B, D, N, K,
+                                   ignore_index, stream);
   });
 }
 

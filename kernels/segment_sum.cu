@@ -14,6 +14,7 @@
 //  - When K x kDT does not fit in shared memory (K in the many thousands), the same code adds the
 //    folded runs straight to global memory (kShared = false).
 #include "common.cuh"
+#include "fused_state.h"
 
 namespace csfr {
 namespace {
@@ -31,12 +32,31 @@ constexpr int kDT = 8;     // channels per block
 constexpr int kButterflyClasses = CSFR_SEGMENT_SUM_BUTTERFLY_CLASSES;
 constexpr int kWarps = kThreads / 32;
 
+// One image's class means sums / max(n, 1) in the features' dtype, and its counts as int64, by the block's
+// threads; a flagged label stops here (the fused class_centroids' device-side check). `volatile`: the sums
+// were written by other blocks.
+template <typename T>
+__device__ void finish_means(const volatile acc_t<T>* sums, const volatile acc_t<T>* counts,
+                             const volatile acc_t<T>* bad_label, T* mean_out, int64_t* count_out, int64_t D,
+                             int64_t K) {
+  using A = acc_t<T>;
+  if (*bad_label != A(0))
+    device_fail("class_centroids: a label value is outside [0, num_classes) and is not ignore_index (the "
+                "device-side check of csfr::class_centroids; check the labels on the CPU to see which)");
+  for (int64_t j = threadIdx.x; j < K * D; j += kThreads) {
+    const A n = counts[j / D];
+    mean_out[j] = from_acc<T>(sums[j] * (A(1) / (n > A(1) ? n : A(1))));
+  }
+  for (int64_t k = threadIdx.x; k < K; k += kThreads) count_out[k] = static_cast<int64_t>(counts[k]);
+}
+
 template <typename T, bool kShared, bool kDet>
 __global__ void __launch_bounds__(kThreads)
 segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labels,
                    const acc_t<T>* __restrict__ weight, const acc_t<T>* __restrict__ center,
                    const acc_t<T>* __restrict__ center_counts, acc_t<T>* __restrict__ sums,
                    acc_t<T>* __restrict__ counts, acc_t<T>* __restrict__ partial, acc_t<T>* __restrict__ bad_label,
+                   T* __restrict__ mean_out, int64_t* __restrict__ count_out, unsigned* __restrict__ tickets,
                    int64_t D, int64_t N, int64_t K, int64_t ignore) {
   using A = acc_t<T>;
   static_assert(kShared || !kDet, "the deterministic path reduces through shared memory");
@@ -143,6 +163,25 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
         }
       }
   }
+  if (tickets == nullptr) return;
+  // the fused class_centroids: the last block of image b to finish writes its means and int64 counts
+  __threadfence();
+  __shared__ int s_last;
+  if (threadIdx.x == 0) s_last = atomicAdd(tickets + b, 1u) == gridDim.x * gridDim.y - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  finish_means<T>(sums + b * K * D, counts + b * K, bad_label, mean_out + b * K * D, count_out + b * K, D, K);
+}
+
+// The fused class_centroids' deterministic path: block b writes image b's means after the reductions.
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+finish_means_kernel(const acc_t<T>* __restrict__ sums, const acc_t<T>* __restrict__ counts,
+                    const acc_t<T>* __restrict__ bad_label, T* __restrict__ mean_out, int64_t* __restrict__ count_out,
+                    int64_t D, int64_t K) {
+  const int64_t b = blockIdx.x;
+  finish_means<T>(sums + b * K * D, counts + b * K, bad_label, mean_out + b * K * D, count_out + b * K, D, K);
 }
 
 // Deterministic path, second step: out[b, e] = sum over pixel tiles t, in order, of partial[b, t, e].
@@ -183,6 +222,13 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* weight,
     err = cudaMemsetAsync(sums, 0, sizeof(A) * B * K * D, stream);
     if (err == cudaSuccess && counts) err = cudaMemsetAsync(counts, 0, sizeof(A) * B * K, stream);
   }
+  if (err == cudaSuccess && fused.mean_out && N == 0 && B > 0) {  // no pixel: every mean 0, every count 0
+    if (B > INT32_MAX) return cudaErrorInvalidValue;
+    CSFR_LAUNCH(static_cast<unsigned>(B), kThreads, 0, stream, finish_means_kernel<T>)(
+        static_cast<const A*>(sums), static_cast<const A*>(counts), static_cast<const A*>(fused.bad_label),
+        static_cast<T*>(fused.mean_out), fused.count_out, D, K);
+    return cudaGetLastError();
+  }
   if (err != cudaSuccess || B == 0 || N == 0) return err;
   size_t bytes = 0;
   bool fits = false;
@@ -196,6 +242,9 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* weight,
   const A* ctr = static_cast<const A*>(center);
   const A* ctr_n = static_cast<const A*>(fused.mean_counts);
   A* bad = static_cast<A*>(fused.bad_label);
+  // the fused class_centroids: the last block of each image finishes it, or a kernel after the reductions
+  T* means = static_cast<T*>(fused.mean_out);
+  unsigned* tickets = means && !deterministic ? static_cast<unsigned*>(fused.tickets) : nullptr;
   for (int64_t b0 = 0; b0 < B; b0 += kMaxGridYZ) {
     const int64_t nb = B - b0 < kMaxGridYZ ? B - b0 : kMaxGridYZ;
     const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(dtiles), static_cast<unsigned>(nb));
@@ -207,15 +256,18 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* weight,
     A* s = static_cast<A*>(sums) + b0 * K * D;
     A* c = counts ? static_cast<A*>(counts) + b0 * K : nullptr;
     A* part = static_cast<A*>(workspace);
+    T* mo = means ? means + b0 * K * D : nullptr;
+    int64_t* co = means ? fused.count_out + b0 * K : nullptr;
+    unsigned* tk = tickets ? tickets + b0 : nullptr;
     if (deterministic)
-      CSFR_LAUNCH(grid, kThreads, bytes, stream, segment_sum_kernel<T, true, true>)(f, y, wb, cb, cn, s, c, part, bad, D,
+      CSFR_LAUNCH(grid, kThreads, bytes, stream, segment_sum_kernel<T, true, true>)(f, y, wb, cb, cn, s, c, part, bad, mo, co, tk, D,
                                                                                      N, K, ignore);
     else if (fits)
       CSFR_LAUNCH(grid, kThreads, bytes, stream, segment_sum_kernel<T, true, false>)(f, y, wb, cb, cn, s, c, nullptr,
-                                                                                      bad, D, N, K, ignore);
+                                                                                      bad, mo, co, tk, D, N, K, ignore);
     else
       CSFR_LAUNCH(grid, kThreads, 0, stream, segment_sum_kernel<T, false, false>)(f, y, wb, cb, cn, s, c, nullptr,
-                                                                                   bad, D, N, K, ignore);
+                                                                                   bad, mo, co, tk, D, N, K, ignore);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     if (deterministic) {
       const int64_t sum_elems = nb * K * D, cnt_elems = nb * K;
@@ -225,6 +277,8 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* weight,
       if (c)
         CSFR_LAUNCH(static_cast<unsigned>((cnt_elems + kThreads - 1) / kThreads), kThreads, 0, stream,
                     reduce_tiles_kernel<A>)(part + nb * tiles * K * D, c, nb, tiles, K);
+      if (mo)
+        CSFR_LAUNCH(static_cast<unsigned>(nb), kThreads, 0, stream, finish_means_kernel<T>)(s, c, bad, mo, co, D, K);
       if ((err = cudaGetLastError()) != cudaSuccess) return err;
     }
   }
@@ -257,6 +311,19 @@ cudaError_t detail::segment_sum_fused(DType dtype, const void* feats, const int6
     return launch<T>(feats, labels, weight, center, sums, counts, B, D, N, K, ignore_index, deterministic, workspace,
                      stream, fused);
   });
+}
+
+cudaError_t class_centroids_forward(DType dtype, const void* feats, const int64_t* labels, void* state, void* mu,
+                                    int64_t* counts, int64_t B, int64_t D, int64_t N, int64_t K,
+                                    int64_t ignore_index, bool deterministic, void* workspace, cudaStream_t stream) {
+  const CentroidState L{B, D, K};
+  const size_t acc = dtype == DType::kFloat64 ? sizeof(double) : sizeof(float);
+  char* st = static_cast<char*>(state);
+  cudaError_t err = cudaMemsetAsync(st, 0, acc * L.total(), stream);
+  if (err != cudaSuccess) return err;
+  detail::Fused fused{nullptr, st + acc * L.flag(), true, mu, counts, st + acc * L.ticket()};
+  return detail::segment_sum_fused(dtype, feats, labels, nullptr, nullptr, st + acc * L.sums(), st + acc * L.counts(),
+                                   B, D, N, K, ignore_index, deterministic, workspace, stream, fused);
 }
 
 size_t segment_sum_workspace_bytes(DType dtype, int64_t B, int64_t D, int64_t N, int64_t K) {

@@ -87,10 +87,14 @@ def test_int8_minus_one_is_not_taken_for_ignore_index_255(backend):
     the CPU kernel then counted every pixel after it as class 0."""
     _cpu_only(backend)
     labels = torch.tensor([[[1, 2, -1, 1, 2, 2]]], dtype=torch.int8)
-    with pytest.raises(ValueError) as error:
-        csfr.ops.class_centroids(torch.ones(1, 1, 1, 6), labels, 3, backend=backend)
-    assert str(error.value) == ("class_centroids: label value -1 at index (0, 0, 2) is outside [0, 3) and is not "
-                                "ignore_index=255 (labels are torch.int8, which cannot hold 255)")
+    if backend == "cuda_emulated":  # the CUDA code path: the kernel's device-side check
+        with pytest.raises(RuntimeError, match="class_centroids: a label value is outside"):
+            csfr.ops.class_centroids(torch.ones(1, 1, 1, 6), labels, 3, backend=backend)
+    else:
+        with pytest.raises(ValueError) as error:
+            csfr.ops.class_centroids(torch.ones(1, 1, 1, 6), labels, 3, backend=backend)
+        assert str(error.value) == ("class_centroids: label value -1 at index (0, 0, 2) is outside [0, 3) and is "
+                                    "not ignore_index=255 (labels are torch.int8, which cannot hold 255)")
     _, counts = csfr.ops.class_centroids(torch.ones(1, 1, 1, 6), labels, 3, ignore_index=-1, backend=backend)
     assert counts.tolist() == [[0, 2, 3]]
 
@@ -109,14 +113,15 @@ def test_bad_label_is_refused_the_same_way(monkeypatch, backend, dtype, value, i
     cannot hold), on every backend, before any kernel runs."""
     _cpu_only(backend)
     monkeypatch.setattr(cac, "kernels", lambda name: pytest.fail("a kernel ran"))
-    monkeypatch.setattr(cac, "fused_loss", lambda name: pytest.fail("a kernel ran"))
+    monkeypatch.setattr(cac, "fused", lambda name, op: pytest.fail("a kernel ran"))
+    monkeypatch.setattr(centroids, "fused", lambda name, op: pytest.fail("a kernel ran"))
     monkeypatch.setattr(centroids, "kernels", lambda name: pytest.fail("a kernel ran"))
     feats, labels = torch.randn(2, 3, 6, 5), torch.randint(0, K, (2, 6, 5), dtype=dtype)
     labels[1, 3, 2] = value
     hint = "" if _fits(ignore_index, dtype) else f", which cannot hold {ignore_index}"
     for op, call in zip(("cac_loss", "cac_loss", "class_centroids"), _all_ops(feats, labels, backend, ignore_index)):
-        if op == "cac_loss" and backend == "cuda_emulated":
-            continue  # the CUDA code path checks in its kernels: test_cuda_code_path_asserts_bad_labels
+        if backend == "cuda_emulated":
+            break  # the CUDA code path checks in its kernels: test_cuda_code_path_asserts_bad_labels
         with pytest.raises(ValueError) as error:
             call()
         assert str(error.value) == (f"{op}: label value {value} at index (1, 3, 2) is outside [0, {K}) and is not "
@@ -128,12 +133,12 @@ def test_device_path_refuses_bad_labels(monkeypatch, dtype):
     """On device tensors the same check is a device-side assertion, with the dtype in its message."""
     monkeypatch.setattr(checks, "host_checks", lambda t: False)
     feats, labels = torch.randn(2, 3, 6, 5), torch.randint(0, K, (2, 6, 5), dtype=dtype)
-    csfr.ops.class_centroids(feats, labels, K, backend="cpu")
+    csfr.ops.class_centroids(feats, labels, K, backend="torch")
     labels[1, 3, 2] = 200 if dtype == torch.uint8 else -1
     hint = "" if _fits(255, dtype) else ", which cannot hold 255"
     with pytest.raises(RuntimeError, match=rf"class_centroids: a label value is outside \[0, {K}\) and is not "
                                            rf"ignore_index=255 \(labels are {dtype}{hint};"):
-        csfr.ops.class_centroids(feats, labels, K, backend="cpu")
+        csfr.ops.class_centroids(feats, labels, K, backend="torch")  # the composed forms' check
 
 
 @pytest.mark.parametrize("dtype", LABEL_DTYPES, ids=str)
@@ -147,10 +152,10 @@ def test_cuda_code_path_asserts_bad_labels(dtype, ignore_index):
         labels[0, 0, 0] = ignore_index
     assert torch.isfinite(csfr.ops.cac_loss(feats, labels, K, ignore_index=ignore_index, backend="cuda_emulated"))
     labels[1, 3, 2] = next(v for v in (-1, 255, K) if _fits(v, dtype) and v != ignore_index)
-    for call in _all_ops(feats, labels, "cuda_emulated", ignore_index):
-        with pytest.raises(RuntimeError, match=r"cac_loss: a label value is outside \[0, num_classes\)"):
+    for op, call in zip(("cac_loss", "cac_loss", "class_centroids"),
+                        _all_ops(feats, labels, "cuda_emulated", ignore_index)):
+        with pytest.raises(RuntimeError, match=rf"{op}: a label value is outside \[0, num_classes\)"):
             call()
-        break  # cac_loss; cac_terms runs the same op, class_centroids checks on the host
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

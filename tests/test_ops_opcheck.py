@@ -42,7 +42,7 @@ KERNEL_CASES = {name: (op, args) for name, op, args in _kernel_cases()}
 
 
 def _fused_cases():
-    """The fused cac_loss op (C++ autograd) and its backward, on fp32 and fp16 features."""
+    """The fused ops (C++ autograd) and their backwards, on fp32 and fp16 features."""
     for dtype in (torch.float32, torch.float16):
         feats, labels = _segment_inputs(dtype, requires_grad=True)
         yield f"cac_loss_{dtype}", torch.ops.csfr.cac_loss.default, (feats, labels, 4, 0.1, 1.0, 0.3, 0.7, 255)
@@ -52,24 +52,33 @@ def _fused_cases():
             grad_terms = torch.tensor([0.2, -0.4]) if given != "loss" else None
             yield f"cac_loss_backward_{given}_{dtype}", torch.ops.csfr.cac_loss_backward.default, \
                 (grad_loss, grad_terms, feats.detach(), labels, state, 4, 0.3, 0.7, 255)
+        yield f"class_centroids_fused_{dtype}", torch.ops.csfr.class_centroids_fused.default, (feats, labels, 4, 255)
+        _, _, state = torch.ops.csfr.class_centroids_fused(feats.detach(), labels, 4, 255)
+        grad_mu = torch.randn(2, 4, 5, dtype=dtype)
+        for kind, grad in (("dense", grad_mu), ("broadcast", torch.ones((), dtype=dtype).expand(2, 4, 5))):
+            yield f"class_centroids_fused_backward_{kind}_{dtype}", \
+                torch.ops.csfr.class_centroids_fused_backward.default, (grad, feats.detach(), labels, state, 4, 255)
 
 
 FUSED_CASES = {name: (op, args) for name, op, args in _fused_cases()}
 
 
 @pytest.mark.parametrize("case", list(FUSED_CASES))
-def test_fused_loss_ops(case):
+def test_fused_ops(case):
     op, args = FUSED_CASES[case]
     torch.library.opcheck(op, args)
 
 
 def test_fused_loss_state_has_the_size_the_fakes_give():
-    """kernels/cac_state.h's CacState.total() and csfr.ops.layout.cac_state_size agree."""
-    from csfr.ops.layout import cac_state_size
+    """kernels/fused_state.h's CacState.total() and CentroidState.total() agree with their mirrors in
+    csfr.ops.layout, which the fake kernels use."""
+    from csfr.ops.layout import cac_state_size, centroid_state_size
     for b, d, n, k in ((2, 5, 24, 4), (1, 3, 7, 9), (3, 1, 1, 1)):
         feats, labels = torch.randn(b, d, n), torch.randint(0, k, (b, n))
         _, _, state = torch.ops.csfr.cac_loss(feats, labels, k, 0.1, 1.0, 1.0, 1.0, 255)
         assert state.shape == (cac_state_size(b, d, n, k),)
+        _, _, state = torch.ops.csfr.class_centroids_fused(feats, labels, k, 255)
+        assert state.shape == (centroid_state_size(b, d, k),)
 
 
 @pytest.mark.parametrize("case", list(KERNEL_CASES))

@@ -77,6 +77,11 @@ MUTANTS = {
         "const A ms = A(1);"),
     "fused gradient drops the through-the-mean term": (
         "kernels/cac_loss.cu", "+ through_mu * wk[c] + s_inter * gk[c];", "+ s_inter * gk[c];"),
+    "fused class_centroids finishes an image before its last block": (
+        "kernels/segment_sum.cu", "atomicAdd(tickets + b, 1u) == gridDim.x * gridDim.y - 1;",
+        "atomicAdd(tickets + b, 1u) == 0;"),
+    "fused class_centroids' gradient skips the count": (
+        "kernels/pixel_grad.cu", "to_acc(g[c * sd]) * inv : A(0)", "to_acc(g[c * sd]) : A(0)"),
     "fused segment_sum flags no bad label": (
         "kernels/segment_sum.cu", "if (bad_label && k < 0 && i < N && yb[i] != ignore) *bad_label = A(1);", ""),
 }

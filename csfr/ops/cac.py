@@ -1,9 +1,9 @@
 """cac_loss: the Class-Aware Consistency loss as a fused torch.library custom op.
 
 On the C++ backends (cpu, cuda, and cuda_emulated, which runs the CUDA code on the CPU) the loss is
-one op, csfr::cac_loss, whose backward is in C++ (csrc/cac_autograd.h): on a GPU four launches
+one op, csfr::cac_loss, whose backward is in C++ (csrc/fused_autograd.h): on a GPU four launches
 forward (a clear, segment_sum, cac_pixel_pass, the class part) and one backward (docs/kernels.md,
-"The fused cac_loss"), with no host synchronisation. Triton keeps the composed form below: its
+"The fused ops"), with no host synchronisation. Triton keeps the composed form below: its
 kernels make the same two passes forward and one backward, and the inter-class term, which only
 involves the [B,K,D] centroids, is computed with small dense torch ops (a K x K Gram matrix per image).
 """
@@ -22,7 +22,7 @@ from csfr.ops.checks import (
     check_label_values,
     nan_unless_finite,
 )
-from csfr.ops.dispatch import FUSED_LOSS, fused_loss, kernels, resolve
+from csfr.ops.dispatch import FUSED_OPS, fused, kernels, resolve
 from csfr.ops.layout import acc_dtype, flat_features, flat_labels
 
 
@@ -128,7 +128,7 @@ def _fused(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float, delt
     host = name == "cpu" and checks.host_checks(labels) and not torch.compiler.is_compiling()
     if host:
         check_label_values(labels, num_classes, ignore_index, "cac_loss")
-    loss, terms, _ = fused_loss(name)(flat_features(feats), flat_labels(labels), num_classes, float(delta_v),
+    loss, terms, _ = fused(name, "cac_loss")(flat_features(feats), flat_labels(labels), num_classes, float(delta_v),
                                             float(delta_d), float(w_intra), float(w_inter), ignore_index)
     if host and not bool(torch.isfinite(terms).all()):
         check_finite_features(feats, labels, ignore_index, "cac_loss")  # raises, naming where
@@ -159,7 +159,7 @@ def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 
             check_label_values(labels, num_classes, ignore_index, "cac_loss")
             check_finite_features(feats, labels, ignore_index, "cac_loss")
         return reference.cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index)
-    if name in FUSED_LOSS:
+    if name in FUSED_OPS:
         return _fused(feats, labels, num_classes, delta_v, delta_d, 1.0, 1.0, ignore_index, name)[1]
     return _cac_terms(flat_features(feats), labels, num_classes, float(delta_v), float(delta_d), ignore_index,
                       name)[0]
@@ -181,7 +181,7 @@ def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0
     check_features_labels(feats, labels, num_classes, "cac_loss")
     _check_margins(delta_v, delta_d)
     name = resolve(backend, feats.device)
-    if name in FUSED_LOSS:
+    if name in FUSED_OPS:
         return _fused(feats, labels, num_classes, delta_v, delta_d, w_intra, w_inter, ignore_index, name)[0]
     intra, inter = cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index, name)
     return w_intra * intra + w_inter * inter

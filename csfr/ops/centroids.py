@@ -1,13 +1,17 @@
-"""class_centroids: per-image class means of a feature map, as a torch.library custom op."""
+"""class_centroids: per-image class means of a feature map, as a torch.library custom op.
+
+On the C++ backends (cpu, cuda, cuda_emulated) it is one op with its backward in C++,
+csfr::class_centroids_fused (docs/kernels.md, "The fused ops"); Triton composes it below from
+segment_sum and pixel_grad, whose `feature_grad` op cac_loss's Triton form uses too."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from csfr.ops import reference
+from csfr.ops import checks, reference
 from csfr.ops.checks import check_features_labels, check_label_values
-from csfr.ops.dispatch import kernels, resolve
+from csfr.ops.dispatch import FUSED_OPS, fused, kernels, resolve
 from csfr.ops.layout import acc_dtype, flat_features, flat_labels
 
 
@@ -89,5 +93,12 @@ def class_centroids(feats: Tensor, labels: Tensor, num_classes: int, ignore_inde
         if not torch.compiler.is_compiling():
             check_label_values(labels, num_classes, ignore_index, "class_centroids")
         return reference.class_centroids(feats, labels, num_classes, ignore_index)
+    if name in FUSED_OPS:  # one op (two launches forward, one backward on a GPU); the CUDA code path checks
+        # labels in its kernel (a device-side assertion), the CPU on the host where it may read them
+        if name == "cpu" and checks.host_checks(labels) and not torch.compiler.is_compiling():
+            check_label_values(labels, num_classes, ignore_index, "class_centroids")
+        op = fused(name, "class_centroids_fused")
+        mu, counts, _ = op(flat_features(feats), flat_labels(labels), num_classes, ignore_index)
+        return mu, counts
     mu, counts, _ = _centroids(flat_features(feats), labels, num_classes, ignore_index, name)
     return mu, counts

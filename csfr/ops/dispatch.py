@@ -105,13 +105,13 @@ def _library(name: str):
     return torch.ops.csfr
 
 
-FUSED_LOSS = ("cpu", "cuda", "cuda_emulated")  # the backends whose cac_loss is one op (Triton composes it)
+FUSED_OPS = ("cpu", "cuda", "cuda_emulated")  # backends whose cac_loss and class_centroids are one op each
 
 
-def fused_loss(name: str):
-    """The whole-loss op cac_loss of a backend in FUSED_LOSS, its backward in C++. Not cached, so
-    torch.compile traces it to the op itself."""
-    return _library(name).cac_loss
+def fused(name: str, op: str):
+    """Op `op` (cac_loss or class_centroids_fused) of a backend in FUSED_OPS, its backward in C++.
+    Not cached, so torch.compile traces it to the op itself."""
+    return getattr(_library(name), op)
 
 
 def resolve(backend: str, device: torch.device) -> str:

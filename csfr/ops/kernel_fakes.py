@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from csfr.ops.dispatch import _extension
-from csfr.ops.layout import acc_dtype, cac_state_size
+from csfr.ops.layout import acc_dtype, cac_state_size, centroid_state_size
 
 
 def _acc(feats, *shape):
@@ -38,6 +38,16 @@ def _cac_loss_backward(grad_loss, grad_terms, feats, labels, state, num_classes,
     return torch.empty_like(feats)
 
 
+def _class_centroids_fused(feats, labels, num_classes, ignore_index):
+    b, d, _ = feats.shape
+    return (feats.new_empty(b, num_classes, d), feats.new_empty(b, num_classes, dtype=torch.long),
+            _acc(feats, centroid_state_size(b, d, num_classes)))
+
+
+def _class_centroids_fused_backward(grad_mu, feats, labels, state, num_classes, ignore_index):
+    return torch.empty_like(feats)
+
+
 def _blend_forward(x, s, g):
     return torch.empty_like(x)
 
@@ -48,6 +58,8 @@ def _blend_backward(grad_z, x, s, g):
 
 FAKES = {"segment_sum": _segment_sum, "cac_pixel_pass": _cac_pixel_pass, "pixel_grad": _pixel_grad,
          "cac_loss": _cac_loss, "cac_loss_backward": _cac_loss_backward,
+         "class_centroids_fused": _class_centroids_fused,
+         "class_centroids_fused_backward": _class_centroids_fused_backward,
          "blend_forward": _blend_forward, "blend_backward": _blend_backward}
 
 

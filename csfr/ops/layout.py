@@ -29,6 +29,11 @@ def flat_labels(labels: Tensor) -> Tensor:
 
 
 def cac_state_size(b: int, d: int, n: int, k: int) -> int:
-    """Elements of the fused cac_loss op's state buffer: kernels/cac_state.h's CacState.total(), which
+    """Elements of the fused cac_loss op's state buffer: kernels/fused_state.h's CacState.total(), which
     is its one home (a test holds the two equal)."""
     return 3 * b * k * d + 6 * b * k + b * n + b + 5
+
+
+def centroid_state_size(b: int, d: int, k: int) -> int:
+    """Elements of the fused class_centroids op's state: kernels/fused_state.h's CentroidState.total()."""
+    return b * k * d + b * k + 1 + b

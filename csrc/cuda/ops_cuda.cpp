@@ -14,10 +14,10 @@
 #include <optional>
 #include <tuple>
 
-#include "../cac_autograd.h"
+#include "../fused_autograd.h"
 #include "../schemas.h"
 #include "../shape_text.h"
-#include "cac_state.h"
+#include "fused_state.h"
 #include "csfr_kernels.cuh"
 #include "device.h"
 
@@ -138,7 +138,7 @@ Tensor pixel_grad_cuda(const Tensor& feats, const Tensor& labels, const Tensor& 
   return out;
 }
 
-// The fused loss's state and its checks, shared with the backward (kernels/cac_state.h).
+// The fused loss's state and its checks, shared with the backward (kernels/fused_state.h).
 csfr::CacState cac_state_of(const Tensor& feats, int64_t K) {
   return csfr::CacState{feats.size(0), feats.size(1), feats.size(2), K};
 }
@@ -192,6 +192,43 @@ Tensor cac_loss_backward_cuda(const std::optional<Tensor>& grad_loss, const std:
   return out;
 }
 
+std::tuple<Tensor, Tensor, Tensor> class_centroids_fused_cuda(const Tensor& feats, const Tensor& labels, int64_t K,
+                                                              int64_t ignore_index) {
+  check_feats_labels(feats, labels, "class_centroids");
+  TORCH_CHECK(K >= 1, "class_centroids: num_classes must be >= 1, got ", K);
+  const csfr_glue::DeviceGuard guard(feats.device());
+  const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
+  const csfr::CentroidState L{B, D, K};
+  Tensor state = at::empty({L.total()}, feats.options().dtype(acc_type(feats)));
+  Tensor mu = at::empty({B, K, D}, feats.options()), counts = at::empty({B, K}, feats.options().dtype(at::kLong));
+  const csfr::DType dtype = kernel_dtype(feats, "class_centroids");
+  Tensor scratch = workspace(feats, csfr::segment_sum_workspace_bytes(dtype, B, D, N, K));
+  CSFR_CUDA_CHECK(csfr::class_centroids_forward(dtype, feats.data_ptr(), labels.data_ptr<int64_t>(), state.data_ptr(),
+                                                mu.data_ptr(), counts.data_ptr<int64_t>(), B, D, N, K, ignore_index,
+                                                deterministic(), scratch.numel() ? scratch.data_ptr() : nullptr,
+                                                stream()));
+  return {mu, counts, state};
+}
+
+Tensor class_centroids_fused_backward_cuda(const Tensor& grad_mu, const Tensor& feats, const Tensor& labels,
+                                           const Tensor& state, int64_t K, int64_t ignore_index) {
+  check_feats_labels(feats, labels, "class_centroids_backward");
+  const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
+  check_acc(state, feats, {csfr::CentroidState{B, D, K}.total()}, "class_centroids_backward", "state");
+  TORCH_CHECK(csfr_glue::on_device(grad_mu) && grad_mu.device() == feats.device(),
+              "class_centroids_backward: grad_mu must be on ", feats.device());
+  TORCH_CHECK(grad_mu.sizes() == at::IntArrayRef({B, K, D}) && grad_mu.scalar_type() == feats.scalar_type(),
+              "class_centroids_backward: grad_mu must be [", B, ", ", K, ", ", D, "] ", feats.scalar_type(), ", got ",
+              csfr::shape_text(grad_mu.sizes()), " ", grad_mu.scalar_type());
+  const csfr_glue::DeviceGuard guard(feats.device());
+  Tensor out = at::empty_like(feats);
+  CSFR_CUDA_CHECK(csfr::class_centroids_backward(kernel_dtype(feats, "class_centroids_backward"),
+                                                 labels.data_ptr<int64_t>(), grad_mu.data_ptr(), grad_mu.stride(0),
+                                                 grad_mu.stride(1), grad_mu.stride(2), state.data_ptr(),
+                                                 out.data_ptr(), B, D, N, K, ignore_index, stream()));
+  return out;
+}
+
 csfr::GateMode check_blend(const Tensor& x, const Tensor& s, const Tensor& g, const char* op) {
   TORCH_CHECK(x.dim() == 3 && x.sizes() == s.sizes(), op, ": x and s must be [B, C, N] of one shape, got ",
               csfr::shape_text(x.sizes()), " and ", csfr::shape_text(s.sizes()));
@@ -242,6 +279,8 @@ void register_kernels(torch::Library& m) {
   m.impl("pixel_grad", &pixel_grad_cuda);
   m.impl("cac_loss", &cac_loss_cuda);
   m.impl("cac_loss_backward", &cac_loss_backward_cuda);
+  m.impl("class_centroids_fused", &class_centroids_fused_cuda);
+  m.impl("class_centroids_fused_backward", &class_centroids_fused_backward_cuda);
   m.impl("blend_forward", &blend_forward_cuda);
   m.impl("blend_backward", &blend_backward_cuda);
 }
@@ -267,9 +306,14 @@ namespace {
 struct EmulatedLib {
   static constexpr const char* kForward = "csfr_emulated::cac_loss";
   static constexpr const char* kBackward = "csfr_emulated::cac_loss_backward";
+  static constexpr const char* kCentroids = "csfr_emulated::class_centroids_fused";
+  static constexpr const char* kCentroidsBackward = "csfr_emulated::class_centroids_fused_backward";
 };
 }  // namespace
-TORCH_LIBRARY_IMPL(csfr_emulated, Autograd, m) { m.impl("cac_loss", &csfr::CacLossFunction<EmulatedLib>::apply_op); }
+TORCH_LIBRARY_IMPL(csfr_emulated, Autograd, m) {
+  m.impl("cac_loss", &csfr::CacLossFunction<EmulatedLib>::apply_op);
+  m.impl("class_centroids_fused", &csfr::CentroidsFunction<EmulatedLib>::apply_op);
+}
 #else
 TORCH_LIBRARY_IMPL(csfr, CUDA, m) { register_kernels(m); }
 #endif

@@ -1,5 +1,5 @@
-// The autograd of the fused cac_loss op, in C++: the backward is one call of `cac_loss_backward` (one kernel on
-// a GPU), with no Python and no host read in between. Registered at the Autograd key of the csfr library
+// The autograd of the fused ops, in C++: each backward is one call of the op's backward op (one kernel on a
+// GPU), with no Python and no host read in between. Registered at the Autograd key of the csfr library
 // (csrc/ops.cpp) and of the emulated test library (csrc/cuda/ops_cuda.cpp); `Lib` names the library's ops.
 #pragma once
 
@@ -56,6 +56,48 @@ struct CacLossFunction : torch::autograd::Function<CacLossFunction<Lib>> {
                                                      double delta_v, double delta_d, double w_intra, double w_inter,
                                                      int64_t ignore_index) {
     auto out = CacLossFunction::apply(feats, labels, K, delta_v, delta_d, w_intra, w_inter, ignore_index);
+    return {out[0], out[1], out[2]};
+  }
+};
+
+// class_centroids_fused: (mu, counts, state); only mu is differentiable.
+template <typename Lib>
+struct CentroidsFunction : torch::autograd::Function<CentroidsFunction<Lib>> {
+  using Tensor = at::Tensor;
+
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const Tensor& feats,
+                                                const Tensor& labels, int64_t K, int64_t ignore_index) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow(Lib::kCentroids, "")
+                               .template typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                                                  int64_t, int64_t)>();
+    auto [mu, counts, state] = op.call(feats, labels, K, ignore_index);
+    ctx->save_for_backward({feats, labels, state});  // feats for its shape and dtype: the kernel never reads it
+    ctx->saved_data["K"] = K;
+    ctx->saved_data["ignore_index"] = ignore_index;
+    ctx->mark_non_differentiable({counts, state});
+    ctx->set_materialize_grads(false);
+    return {mu, counts, state};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    torch::autograd::variable_list out(4);
+    if (!grads[0].defined()) return out;
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow(Lib::kCentroidsBackward, "")
+                               .template typed<Tensor(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                      int64_t, int64_t)>();
+    const auto saved = ctx->get_saved_variables();
+    out[0] = op.call(grads[0], saved[0], saved[1], saved[2], ctx->saved_data["K"].toInt(),
+                     ctx->saved_data["ignore_index"].toInt());
+    return out;
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor> apply_op(const Tensor& feats, const Tensor& labels, int64_t K,
+                                                     int64_t ignore_index) {
+    auto out = CentroidsFunction::apply(feats, labels, K, ignore_index);
     return {out[0], out[1], out[2]};
   }
 };

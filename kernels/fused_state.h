@@ -1,8 +1,8 @@
-// The layout of the fused cac_loss op's `state`: one flat acc-dtype buffer that the forward fills and the
-// backward reads (docs/kernels.md, "The fused cac_loss"). Plain C++: the CPU kernels, the CUDA kernels and
-// their glue include it; csfr/ops/layout.py:cac_state_size mirrors `total` for the fake tensors.
+// The layouts of the fused ops' `state`: one flat acc-dtype buffer that the forward fills and the backward
+// reads (docs/kernels.md, "The fused ops"). Plain C++: the CPU kernels, the CUDA kernels and their glue include
+// it; csfr/ops/layout.py mirrors each `total` for the fake tensors (a test holds them equal).
 //
-// The accumulated part comes first, so one clear of [0, cleared) readies the buffer:
+// CacState, of cac_loss. The accumulated part comes first, so one clear of [0, cleared) readies the buffer:
 //   sums [B,K,D]    class sums of the features                        (segment_sum)
 //   wsum [B,K,D]    class sums of coef_i (f_i - mu_k)                  (cac_pixel_pass)
 //   counts [B,K]    class pixel counts                                 (segment_sum)
@@ -42,6 +42,19 @@ struct CacState {
   constexpr int64_t present() const { return row_inter() + B * K; }
   constexpr int64_t scale() const { return present() + B; }
   constexpr int64_t total() const { return scale() + 2; }
+};
+
+// CentroidState, of class_centroids, all of it cleared before segment_sum:
+//   sums [B,K,D], counts [B,K]; flag [1] (a label outside [0, K) and not ignored); ticket [B] (blocks of
+//   each image that have finished, read as unsigned counters: the last one writes that image's means)
+struct CentroidState {
+  int64_t B, D, K;
+
+  constexpr int64_t sums() const { return 0; }
+  constexpr int64_t counts() const { return B * K * D; }
+  constexpr int64_t flag() const { return counts() + B * K; }
+  constexpr int64_t ticket() const { return flag() + 1; }
+  constexpr int64_t total() const { return ticket() + B; }
 };
 
 // flags[] entries
