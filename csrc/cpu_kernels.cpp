@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../kernels/fused_state.h"
+#include "checks.h"
 #include "shape_text.h"
 
 #ifdef _OPENMP
@@ -35,25 +36,15 @@ namespace {
 using at::Tensor;
 
 // A CUDA operand among CPU ones would dispatch here (the CPU key wins for some mixes) and be read through
-// its device pointer: refuse it by name.
-void check_cpu(const Tensor& t, const char* op, const char* name) {
-  TORCH_CHECK(t.is_cpu(), op, ": ", name, " must be a CPU tensor like the others, got one on ", t.device());
-}
+// its device pointer: the shared checks (csrc/checks.h) refuse it by name.
+bool is_cpu(const Tensor& t) { return t.is_cpu(); }
+const csfr::checks::Where kCpu{&is_cpu, "CPU"};
 
 void check_feats_labels(const Tensor& feats, const Tensor& labels, const char* op) {
-  check_cpu(feats, op, "features");
-  check_cpu(labels, op, "labels");
-  TORCH_CHECK(feats.dim() == 3, op, ": features must be [B, D, N], got ", csfr::shape_text(feats.sizes()));
-  TORCH_CHECK(labels.dim() == 2 && labels.size(0) == feats.size(0) && labels.size(1) == feats.size(2),
-              op, ": labels must be [B, N] = [", feats.size(0), ", ", feats.size(2), "], got ",
-              csfr::shape_text(labels.sizes()));
-  TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
-  TORCH_CHECK(feats.is_contiguous() && labels.is_contiguous(), op, ": inputs must be contiguous");
+  csfr::checks::check_feats_labels(feats, labels, kCpu, op);
 }
 
-at::ScalarType acc_type(const Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+using csfr::checks::acc_type;
 
 // Labels as int32 class indices with -1 for ignored pixels; rejects values outside [0, K).
 std::vector<int32_t> compact_labels(const Tensor& labels, int64_t K, int64_t ignore_index) {
@@ -81,7 +72,7 @@ Tensor class_major_to_row_major(const Tensor& t) {
 std::tuple<Tensor, Tensor> segment_sum_cpu(const Tensor& feats, const Tensor& labels, int64_t K,
                                            int64_t ignore_index) {
   check_feats_labels(feats, labels, "segment_sum");
-  TORCH_CHECK(K >= 1, "segment_sum: num_classes must be >= 1, got ", K);
+  csfr::checks::check_classes(K, "segment_sum");
   const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
   const auto y = compact_labels(labels, K, ignore_index);
   Tensor sums = at::zeros({B, K, D}, feats.options().dtype(acc_type(feats)));
@@ -214,10 +205,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cac_pixel_pass_cpu(const Tensor& feat
                                                               int64_t ignore_index) {
   check_feats_labels(feats, labels, "cac_pixel_pass");
   const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
-  check_cpu(mu, "cac_pixel_pass", "mu");
-  TORCH_CHECK(mu.dim() == 3 && mu.size(0) == B && mu.size(2) == D, "cac_pixel_pass: mu must be [B, K, D]");
-  TORCH_CHECK(mu.scalar_type() == acc_type(feats), "cac_pixel_pass: mu must be ", acc_type(feats));
+  TORCH_CHECK(mu.dim() == 3, "cac_pixel_pass: mu must be [B, K, D], got ", csfr::shape_text(mu.sizes()));
   const int64_t K = mu.size(1);
+  csfr::checks::check_acc(mu, feats, {B, K, D}, kCpu, "cac_pixel_pass", "mu");
+  csfr::checks::check_margins(delta_v, 0, "cac_pixel_pass");
   const auto y = compact_labels(labels, K, ignore_index);
   const Tensor muT = class_major_to_row_major(mu);  // [B, D, K]
   auto opts = feats.options().dtype(acc_type(feats));
@@ -234,16 +225,17 @@ Tensor pixel_grad_cpu(const Tensor& feats, const Tensor& labels, const Tensor& g
                       const std::optional<Tensor>& a) {
   check_feats_labels(feats, labels, "pixel_grad");
   const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
-  check_cpu(g, "pixel_grad", "g");
-  if (mu) check_cpu(*mu, "pixel_grad", "mu");
-  if (coef) check_cpu(*coef, "pixel_grad", "coef");
-  if (a) check_cpu(*a, "pixel_grad", "a");
-  TORCH_CHECK(g.dim() == 3 && g.size(0) == B && g.size(2) == D, "pixel_grad: g must be [B, K, D]");
-  TORCH_CHECK(g.scalar_type() == acc_type(feats), "pixel_grad: g must be ", acc_type(feats));
+  TORCH_CHECK(g.dim() == 3, "pixel_grad: g must be [B, K, D], got ", csfr::shape_text(g.sizes()));
   const int64_t K = g.size(1);
+  csfr::checks::check_acc(g, feats, {B, K, D}, kCpu, "pixel_grad", "g");
   const bool direct = mu.has_value() && coef.has_value() && a.has_value();
   TORCH_CHECK(direct || (!mu.has_value() && !coef.has_value() && !a.has_value()),
               "pixel_grad: mu, coef and a must be given together");
+  if (direct) {
+    csfr::checks::check_acc(*mu, feats, {B, K, D}, kCpu, "pixel_grad", "mu");
+    csfr::checks::check_acc(*coef, feats, {B, N}, kCpu, "pixel_grad", "coef");
+    csfr::checks::check_acc(*a, feats, {B, K}, kCpu, "pixel_grad", "a");
+  }
   const auto y = compact_labels(labels, K, ignore_index);
   const Tensor gT = class_major_to_row_major(g);
   Tensor muT, ac;  // ac[b, i] = a[b, y_i] * coef[b, i]
@@ -355,8 +347,8 @@ void cac_class_part(A* st, const csfr::CacState& L, A delta_d, A w_intra, A w_in
 std::tuple<Tensor, Tensor, Tensor> cac_loss_cpu(const Tensor& feats, const Tensor& labels, int64_t K, double delta_v,
                                                 double delta_d, double w_intra, double w_inter, int64_t ignore_index) {
   check_feats_labels(feats, labels, "cac_loss");
-  TORCH_CHECK(delta_v >= 0 && delta_d >= 0, "cac_loss: margins must be >= 0, got delta_v=", delta_v,
-              ", delta_d=", delta_d);
+  csfr::checks::check_classes(K, "cac_loss");
+  csfr::checks::check_margins(delta_v, delta_d, "cac_loss");
   const csfr::CacState L{feats.size(0), feats.size(1), feats.size(2), K};
   auto [sums, counts] = segment_sum_cpu(feats, labels, K, ignore_index);
   const Tensor mu = sums * counts.clamp_min(1).reciprocal().unsqueeze(-1);
@@ -406,6 +398,8 @@ Tensor cac_loss_backward_cpu(const std::optional<Tensor>& grad_loss, const std::
 // same state as the CUDA code path (its sums and counts) for the backward.
 std::tuple<Tensor, Tensor, Tensor> class_centroids_fused_cpu(const Tensor& feats, const Tensor& labels, int64_t K,
                                                              int64_t ignore_index) {
+  check_feats_labels(feats, labels, "class_centroids");
+  csfr::checks::check_classes(K, "class_centroids");
   auto [sums, counts] = segment_sum_cpu(feats, labels, K, ignore_index);
   const csfr::CentroidState L{feats.size(0), feats.size(1), K};
   Tensor state = at::zeros({L.total()}, sums.options());
@@ -428,23 +422,10 @@ Tensor class_centroids_fused_backward_cpu(const Tensor& grad_mu, const Tensor& f
   return pixel_grad_cpu(feats, labels, g, ignore_index, std::nullopt, std::nullopt, std::nullopt);
 }
 
-enum class GateMode { kFull, kPixel, kChannel };
+using GateMode = csfr::checks::Gate;
 
 GateMode check_blend(const Tensor& x, const Tensor& s, const Tensor& g, const char* op) {
-  check_cpu(x, op, "x");
-  check_cpu(s, op, "s");
-  check_cpu(g, op, "g");
-  TORCH_CHECK(x.dim() == 3 && x.sizes() == s.sizes(), op, ": x and s must be [B, C, N] of one shape");
-  TORCH_CHECK(x.scalar_type() == s.scalar_type() && x.scalar_type() == g.scalar_type(), op,
-              ": x, s, g must share a dtype");
-  TORCH_CHECK(x.is_contiguous() && s.is_contiguous() && g.is_contiguous(), op, ": inputs must be contiguous");
-  const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
-  TORCH_CHECK(g.dim() == 3 && g.size(0) == B, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1]");
-  if (g.size(1) == C && g.size(2) == N) return GateMode::kFull;
-  if (g.size(1) == 1 && g.size(2) == N) return GateMode::kPixel;
-  TORCH_CHECK(g.size(1) == C && g.size(2) == 1, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1], got ",
-              csfr::shape_text(g.sizes()));
-  return GateMode::kChannel;
+  return csfr::checks::check_blend(x, s, g, kCpu, op);
 }
 
 // The blend's row loops are compiled twice, for AVX2 + FMA (8 fp32 lanes) and for the baseline
@@ -571,9 +552,7 @@ void blend_backward_impl(const Tensor& dz, const Tensor& x, const Tensor& s, con
 std::tuple<Tensor, Tensor, Tensor> blend_backward_cpu(const Tensor& dz, const Tensor& x, const Tensor& s,
                                                       const Tensor& g) {
   const GateMode mode = check_blend(x, s, g, "blend_backward");
-  check_cpu(dz, "blend_backward", "grad_z");
-  TORCH_CHECK(dz.sizes() == x.sizes() && dz.scalar_type() == x.scalar_type() && dz.is_contiguous(),
-              "blend_backward: grad_z must match x");
+  csfr::checks::check_grad_like(dz, x, kCpu, "blend_backward", "grad_z");
   Tensor dx = at::empty_like(x), ds = at::empty_like(s), dg = at::empty_like(g);  // every mode writes all of dg
   if (x.numel() == 0) return {dx, ds, dg};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "blend_backward",

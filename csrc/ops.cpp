@@ -10,16 +10,10 @@ TORCH_LIBRARY(csfr, m) { csfr::define_kernel_schemas(m); }
 
 namespace {
 struct CsfrLib {
-  static constexpr const char* kForward = "csfr::cac_loss";
-  static constexpr const char* kBackward = "csfr::cac_loss_backward";
-  static constexpr const char* kCentroids = "csfr::class_centroids_fused";
-  static constexpr const char* kCentroidsBackward = "csfr::class_centroids_fused_backward";
+  static constexpr const char* kNamespace = "csfr";
 };
 }  // namespace
-TORCH_LIBRARY_IMPL(csfr, Autograd, m) {
-  m.impl("cac_loss", &csfr::CacLossFunction<CsfrLib>::apply_op);
-  m.impl("class_centroids_fused", &csfr::CentroidsFunction<CsfrLib>::apply_op);
-}
+TORCH_LIBRARY_IMPL(csfr, Autograd, m) { csfr::register_fused_autograd<CsfrLib>(m); }
 
 // A plain CPython module (no pybind11: it keeps the build light); importing it loads the
 // op registrations above. Attributes say what this build contains.

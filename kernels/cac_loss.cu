@@ -162,12 +162,10 @@ cac_grad_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labels,
                 int64_t terms_stride, acc_t<T> w_intra, acc_t<T> w_inter, T* __restrict__ out, int64_t ignore) {
   using A = acc_t<T>;
   const int64_t D = L.D, N = L.N, K = L.K;
-  const int64_t b = blockIdx.z;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kGradThreads + threadIdx.x;
-  if (i >= N) return;
-  const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kGradChannels;
-  const int dn = static_cast<int>(D - d0 < kGradChannels ? D - d0 : kGradChannels);
-  const int64_t row0 = (b * D + d0) * N + i;
+  const PixelRun r = pixel_run(kGradThreads, kGradChannels, D, N);
+  if (r.i >= N) return;
+  const int64_t b = r.b, i = r.i, d0 = r.d0, row0 = r.row0;
+  const int dn = r.dn;
   const int k = class_of(labels, b * N + i, K, ignore);
   if (k < 0) {
     for (int c = 0; c < dn; ++c) out[row0 + c * N] = from_acc<T>(A(0));

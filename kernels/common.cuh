@@ -62,6 +62,23 @@ __device__ __forceinline__ void device_fail(const char* what) {
 #endif
 }
 
+// A thread's share of a (pixel tiles, channel tiles, images) grid of `threads`-wide blocks and `channels`-deep
+// tiles, as the backward kernels lay it out: pixel i of image b, channels [d0, d0 + dn), and row0, the index of
+// (b, d0, i) in [B, D, N]. i >= N: a tail thread with nothing to do.
+struct PixelRun {
+  int64_t b, i, d0, row0;
+  int dn;
+};
+__device__ __forceinline__ PixelRun pixel_run(int threads, int channels, int64_t D, int64_t N) {
+  PixelRun r;
+  r.b = blockIdx.z;
+  r.i = static_cast<int64_t>(blockIdx.x) * threads + threadIdx.x;
+  r.d0 = static_cast<int64_t>(blockIdx.y) * channels;
+  r.dn = static_cast<int>(D - r.d0 < channels ? D - r.d0 : channels);
+  r.row0 = (r.b * D + r.d0) * N + r.i;
+  return r;
+}
+
 // Sum over the 32 lanes; every lane gets the total.
 template <typename A> __device__ __forceinline__ A warp_sum(A v) {
 #pragma unroll
@@ -92,7 +109,7 @@ __device__ __forceinline__ void warp_segment_add(int k, A v, Add add) {
 // Whether the warp's lanes hold at most kLimit distinct classes k >= 0 (warp-uniform; one vote per
 // class seen, at most kLimit). Then warp_segment_add's butterflies cost less than one atomic per lane
 // (warp_class_add); where the two cost the same depends on the atomic's kind and contention, so each
-// kernel sets its own limit (measured on a GPU by tools/butterfly_tuning.cu). All lanes must call.
+// kernel sets its own limit (measured on a GPU by benchmarks/butterfly_tuning.cu). All lanes must call.
 template <int kLimit>
 __device__ __forceinline__ bool warp_classes_at_most(int k) {
   unsigned rest = __ballot_sync(kFullMask, k >= 0);

@@ -21,13 +21,11 @@ pixel_grad_kernel(const T* __restrict__ feats, const int64_t* __restrict__ label
                   const acc_t<T>* __restrict__ a, T* __restrict__ out, int64_t D, int64_t N, int64_t K,
                   int64_t ignore) {
   using A = acc_t<T>;
-  const int64_t b = blockIdx.z;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (i >= N) return;
-  const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kDT;
-  const int dn = static_cast<int>(D - d0 < kDT ? D - d0 : kDT);
+  const PixelRun r = pixel_run(kThreads, kDT, D, N);
+  if (r.i >= N) return;
+  const int64_t b = r.b, i = r.i, d0 = r.d0, row0 = r.row0;
+  const int dn = r.dn;
   const int k = class_of(labels, b * N + i, K, ignore);
-  const int64_t row0 = (b * D + d0) * N + i;
   if (k < 0) {
     for (int c = 0; c < dn; ++c) out[row0 + c * N] = from_acc<T>(A(0));
     return;
@@ -54,17 +52,13 @@ centroid_grad_kernel(const int64_t* __restrict__ labels, const T* __restrict__ d
                      int64_t sd, const acc_t<T>* __restrict__ counts, T* __restrict__ out, int64_t D, int64_t N,
                      int64_t K, int64_t ignore) {
   using A = acc_t<T>;
-  const int64_t b = blockIdx.z;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (i >= N) return;
-  const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kCentroidChannels;
-  const int dn = static_cast<int>(D - d0 < kCentroidChannels ? D - d0 : kCentroidChannels);
-  const int64_t row0 = (b * D + d0) * N + i;
-  const int k = class_of(labels, b * N + i, K, ignore);
-  const A inv = k >= 0 ? mean_scale(counts, b * K + k) : A(0);
-  const T* g = dmu + b * sb + (k >= 0 ? k : 0) * sk + d0 * sd;
+  const PixelRun r = pixel_run(kThreads, kCentroidChannels, D, N);
+  if (r.i >= N) return;
+  const int k = class_of(labels, r.b * N + r.i, K, ignore);
+  const A inv = k >= 0 ? mean_scale(counts, r.b * K + k) : A(0);
+  const T* g = dmu + r.b * sb + (k >= 0 ? k : 0) * sk + r.d0 * sd;
 #pragma unroll 4
-  for (int c = 0; c < dn; ++c) out[row0 + c * N] = from_acc<T>(k >= 0 ? to_acc(g[c * sd]) * inv : A(0));
+  for (int c = 0; c < r.dn; ++c) out[r.row0 + c * N] = from_acc<T>(k >= 0 ? to_acc(g[c * sd]) * inv : A(0));
 }
 
 template <typename T>

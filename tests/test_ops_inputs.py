@@ -100,9 +100,29 @@ def test_raw_kernels_name_the_shape_they_got(backend):
         k.segment_sum(feats, labels.reshape(2, 5, 2), 3, 255)
     with pytest.raises(RuntimeError, match=r"g must be \[B, C, N\], \[B, 1, N\] or \[B, C, 1\], got \[2, 3, 10\]"):
         k.blend_forward(feats, feats, torch.zeros(2, 3, 10))
-    if backend == "cuda_emulated":
-        with pytest.raises(RuntimeError, match=r"mu must have shape \[2, 3, 4\], got \[2, 3, 5\]"):
-            k.cac_pixel_pass(feats, labels, torch.zeros(2, 3, 5), 0.5, 255)
+    with pytest.raises(RuntimeError, match=r"mu must have shape \[2, 3, 4\], got \[2, 3, 5\]"):
+        k.cac_pixel_pass(feats, labels, torch.zeros(2, 3, 5), 0.5, 255)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda_emulated"])
+def test_raw_kernels_refuse_alike(backend):
+    """One header of checks (csrc/checks.h) for the CPU kernels and the CUDA glue: the same input gets the
+    same message on both (the CPU kernels once took a negative delta_v, and a mu of other channels)."""
+    if csfr.ops.backends()[backend] != "available":
+        pytest.skip(f"backend {backend} unavailable here")
+    k = csfr.ops.dispatch.kernels(backend)
+    feats, labels = torch.randn(2, 4, 10), torch.zeros(2, 10, dtype=torch.long)
+    mu = torch.zeros(2, 3, 4)
+    with pytest.raises(RuntimeError, match=r"cac_pixel_pass: margins must be >= 0, got delta_v=-0.5"):
+        k.cac_pixel_pass(feats, labels, mu, -0.5, 255)
+    with pytest.raises(RuntimeError, match=r"cac_pixel_pass: mu must be Float, got Double"):
+        k.cac_pixel_pass(feats, labels, mu.double(), 0.5, 255)
+    with pytest.raises(RuntimeError, match=r"pixel_grad: coef must have shape \[2, 10\], got \[2, 9\]"):
+        k.pixel_grad(feats, labels, mu, 255, mu, torch.zeros(2, 9), torch.zeros(2, 3))
+    with pytest.raises(RuntimeError, match=r"segment_sum: labels must be contiguous"):
+        k.segment_sum(feats, torch.zeros(10, 2, dtype=torch.long).t(), 3, 255)
+    with pytest.raises(RuntimeError, match=r"blend_backward: grad_z must match x"):
+        k.blend_backward(feats[:, :2].contiguous(), feats, feats, feats)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

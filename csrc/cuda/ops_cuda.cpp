@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "../fused_autograd.h"
+#include "../checks.h"
 #include "../schemas.h"
 #include "../shape_text.h"
 #include "fused_state.h"
@@ -35,34 +36,17 @@ csfr::DType kernel_dtype(const Tensor& t, const char* op) {
   }
 }
 
-at::ScalarType acc_type(const Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+using csfr::checks::acc_type;
 
-void check_cuda(const Tensor& t, const Tensor& like, const char* op, const char* name) {
-  TORCH_CHECK(csfr_glue::on_device(t), op, ": ", name, " must be a ", csfr_glue::kTensorKind, " tensor, got ",
-              t.device());
-  TORCH_CHECK(t.device() == like.device(), op, ": ", name, " is on ", t.device(), " but features are on ",
-              like.device());
-  TORCH_CHECK(t.is_contiguous(), op, ": ", name, " must be contiguous");
-}
+// CUDA tensors, or CPU tensors standing in for them under the emulation (csrc/cuda/device.h).
+const csfr::checks::Where kDevice{&csfr_glue::on_device, csfr_glue::kTensorKind};
 
 void check_feats_labels(const Tensor& feats, const Tensor& labels, const char* op) {
-  TORCH_CHECK(feats.dim() == 3, op, ": features must be [B, D, N], got ", csfr::shape_text(feats.sizes()));
-  check_cuda(feats, feats, op, "features");
-  check_cuda(labels, feats, op, "labels");
-  TORCH_CHECK(labels.dim() == 2 && labels.size(0) == feats.size(0) && labels.size(1) == feats.size(2), op,
-              ": labels must be [B, N] = [", feats.size(0), ", ", feats.size(2), "], got ",
-              csfr::shape_text(labels.sizes()));
-  TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
-  kernel_dtype(feats, op);
+  csfr::checks::check_feats_labels(feats, labels, kDevice, op);
 }
 
-// An acc-dtype operand of shape `shape` on the features' device.
 void check_acc(const Tensor& t, const Tensor& feats, at::IntArrayRef shape, const char* op, const char* name) {
-  check_cuda(t, feats, op, name);
-  TORCH_CHECK(t.sizes() == shape, op, ": ", name, " must have shape ", csfr::shape_text(shape), ", got ",
-              csfr::shape_text(t.sizes()));
-  TORCH_CHECK(t.scalar_type() == acc_type(feats), op, ": ", name, " must be ", acc_type(feats), ", got ",
-              t.scalar_type());
+  csfr::checks::check_acc(t, feats, shape, kDevice, op, name);
 }
 
 using csfr_glue::stream;
@@ -78,7 +62,7 @@ Tensor workspace(const Tensor& feats, size_t bytes) {
 std::tuple<Tensor, Tensor> segment_sum_cuda(const Tensor& feats, const Tensor& labels, int64_t K,
                                             int64_t ignore_index) {
   check_feats_labels(feats, labels, "segment_sum");
-  TORCH_CHECK(K >= 1, "segment_sum: num_classes must be >= 1, got ", K);
+  csfr::checks::check_classes(K, "segment_sum");
   const csfr_glue::DeviceGuard guard(feats.device());
   const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
   auto opts = feats.options().dtype(acc_type(feats));
@@ -99,7 +83,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cac_pixel_pass_cuda(const Tensor& fea
   TORCH_CHECK(mu.dim() == 3, "cac_pixel_pass: mu must be [B, K, D], got ", csfr::shape_text(mu.sizes()));
   const int64_t K = mu.size(1);
   check_acc(mu, feats, {B, K, D}, "cac_pixel_pass", "mu");
-  TORCH_CHECK(delta_v >= 0, "cac_pixel_pass: delta_v must be >= 0, got ", delta_v);
+  csfr::checks::check_margins(delta_v, 0, "cac_pixel_pass");
   const csfr_glue::DeviceGuard guard(feats.device());
   auto opts = feats.options().dtype(acc_type(feats));
   Tensor coef = at::empty({B, N}, opts), hinge = at::empty({B, K}, opts);
@@ -147,9 +131,8 @@ std::tuple<Tensor, Tensor, Tensor> cac_loss_cuda(const Tensor& feats, const Tens
                                                  double delta_d, double w_intra, double w_inter,
                                                  int64_t ignore_index) {
   check_feats_labels(feats, labels, "cac_loss");
-  TORCH_CHECK(K >= 1, "cac_loss: num_classes must be >= 1, got ", K);
-  TORCH_CHECK(delta_v >= 0 && delta_d >= 0, "cac_loss: margins must be >= 0, got delta_v=", delta_v,
-              ", delta_d=", delta_d);
+  csfr::checks::check_classes(K, "cac_loss");
+  csfr::checks::check_margins(delta_v, delta_d, "cac_loss");
   const csfr_glue::DeviceGuard guard(feats.device());
   const csfr::CacState L = cac_state_of(feats, K);
   auto opts = feats.options().dtype(acc_type(feats));
@@ -170,12 +153,12 @@ Tensor cac_loss_backward_cuda(const std::optional<Tensor>& grad_loss, const std:
   const csfr::CacState L = cac_state_of(feats, K);
   check_acc(state, feats, {L.total()}, "cac_loss_backward", "state");
   if (grad_loss) {
-    check_cuda(*grad_loss, feats, "cac_loss_backward", "grad_loss");
+    csfr::checks::check_operand(*grad_loss, feats, kDevice, "cac_loss_backward", "grad_loss");
     TORCH_CHECK(grad_loss->dim() == 0 && grad_loss->scalar_type() == state.scalar_type(),
                 "cac_loss_backward: grad_loss must be a ", state.scalar_type(), " scalar");
   }
   if (grad_terms) {
-    TORCH_CHECK(csfr_glue::on_device(*grad_terms) && grad_terms->device() == feats.device(),
+    TORCH_CHECK(kDevice.here(*grad_terms) && grad_terms->device() == feats.device(),
                 "cac_loss_backward: grad_terms must be on ", feats.device());
     TORCH_CHECK(grad_terms->dim() == 1 && grad_terms->size(0) == 2 && grad_terms->scalar_type() == state.scalar_type(),
                 "cac_loss_backward: grad_terms must be [2] ", state.scalar_type(), ", got ",
@@ -195,7 +178,7 @@ Tensor cac_loss_backward_cuda(const std::optional<Tensor>& grad_loss, const std:
 std::tuple<Tensor, Tensor, Tensor> class_centroids_fused_cuda(const Tensor& feats, const Tensor& labels, int64_t K,
                                                               int64_t ignore_index) {
   check_feats_labels(feats, labels, "class_centroids");
-  TORCH_CHECK(K >= 1, "class_centroids: num_classes must be >= 1, got ", K);
+  csfr::checks::check_classes(K, "class_centroids");
   const csfr_glue::DeviceGuard guard(feats.device());
   const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
   const csfr::CentroidState L{B, D, K};
@@ -215,7 +198,7 @@ Tensor class_centroids_fused_backward_cuda(const Tensor& grad_mu, const Tensor& 
   check_feats_labels(feats, labels, "class_centroids_backward");
   const int64_t B = feats.size(0), D = feats.size(1), N = feats.size(2);
   check_acc(state, feats, {csfr::CentroidState{B, D, K}.total()}, "class_centroids_backward", "state");
-  TORCH_CHECK(csfr_glue::on_device(grad_mu) && grad_mu.device() == feats.device(),
+  TORCH_CHECK(kDevice.here(grad_mu) && grad_mu.device() == feats.device(),
               "class_centroids_backward: grad_mu must be on ", feats.device());
   TORCH_CHECK(grad_mu.sizes() == at::IntArrayRef({B, K, D}) && grad_mu.scalar_type() == feats.scalar_type(),
               "class_centroids_backward: grad_mu must be [", B, ", ", K, ", ", D, "] ", feats.scalar_type(), ", got ",
@@ -230,22 +213,7 @@ Tensor class_centroids_fused_backward_cuda(const Tensor& grad_mu, const Tensor& 
 }
 
 csfr::GateMode check_blend(const Tensor& x, const Tensor& s, const Tensor& g, const char* op) {
-  TORCH_CHECK(x.dim() == 3 && x.sizes() == s.sizes(), op, ": x and s must be [B, C, N] of one shape, got ",
-              csfr::shape_text(x.sizes()), " and ", csfr::shape_text(s.sizes()));
-  check_cuda(x, x, op, "x");
-  check_cuda(s, x, op, "s");
-  check_cuda(g, x, op, "g");
-  TORCH_CHECK(x.scalar_type() == s.scalar_type() && x.scalar_type() == g.scalar_type(), op,
-              ": x, s, g must share a dtype, got ", x.scalar_type(), ", ", s.scalar_type(), ", ", g.scalar_type());
-  kernel_dtype(x, op);
-  const int64_t B = x.size(0), C = x.size(1), N = x.size(2);
-  TORCH_CHECK(g.dim() == 3 && g.size(0) == B, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1], got ",
-              csfr::shape_text(g.sizes()));
-  if (g.size(1) == C && g.size(2) == N) return csfr::GateMode::kFull;
-  if (g.size(1) == 1 && g.size(2) == N) return csfr::GateMode::kPixel;
-  TORCH_CHECK(g.size(1) == C && g.size(2) == 1, op, ": g must be [B, C, N], [B, 1, N] or [B, C, 1], got ",
-              csfr::shape_text(g.sizes()));
-  return csfr::GateMode::kChannel;
+  return static_cast<csfr::GateMode>(csfr::checks::check_blend(x, s, g, kDevice, op));
 }
 
 Tensor blend_forward_cuda(const Tensor& x, const Tensor& s, const Tensor& g) {
@@ -260,11 +228,7 @@ Tensor blend_forward_cuda(const Tensor& x, const Tensor& s, const Tensor& g) {
 std::tuple<Tensor, Tensor, Tensor> blend_backward_cuda(const Tensor& grad_z, const Tensor& x, const Tensor& s,
                                                        const Tensor& g) {
   const csfr::GateMode mode = check_blend(x, s, g, "blend_backward");
-  check_cuda(grad_z, x, "blend_backward", "grad_z");
-  TORCH_CHECK(grad_z.sizes() == x.sizes() && grad_z.scalar_type() == x.scalar_type(),
-              "blend_backward: grad_z must match x (", csfr::shape_text(x.sizes()), ", ", x.scalar_type(),
-              "), got ", csfr::shape_text(grad_z.sizes()),
-              ", ", grad_z.scalar_type());
+  csfr::checks::check_grad_like(grad_z, x, kDevice, "blend_backward", "grad_z");
   const csfr_glue::DeviceGuard guard(x.device());
   Tensor dx = at::empty_like(x), ds = at::empty_like(s), dg = at::empty_like(g);
   CSFR_CUDA_CHECK(csfr::blend_backward(kernel_dtype(x, "blend_backward"), mode, grad_z.data_ptr(), x.data_ptr(),
@@ -304,16 +268,10 @@ TORCH_LIBRARY(csfr_emulated, m) {
 TORCH_LIBRARY_IMPL(csfr_emulated, CPU, m) { register_kernels(m); }
 namespace {
 struct EmulatedLib {
-  static constexpr const char* kForward = "csfr_emulated::cac_loss";
-  static constexpr const char* kBackward = "csfr_emulated::cac_loss_backward";
-  static constexpr const char* kCentroids = "csfr_emulated::class_centroids_fused";
-  static constexpr const char* kCentroidsBackward = "csfr_emulated::class_centroids_fused_backward";
+  static constexpr const char* kNamespace = "csfr_emulated";
 };
 }  // namespace
-TORCH_LIBRARY_IMPL(csfr_emulated, Autograd, m) {
-  m.impl("cac_loss", &csfr::CacLossFunction<EmulatedLib>::apply_op);
-  m.impl("class_centroids_fused", &csfr::CentroidsFunction<EmulatedLib>::apply_op);
-}
+TORCH_LIBRARY_IMPL(csfr_emulated, Autograd, m) { csfr::register_fused_autograd<EmulatedLib>(m); }
 #else
 TORCH_LIBRARY_IMPL(csfr, CUDA, m) { register_kernels(m); }
 #endif
