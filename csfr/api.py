@@ -27,6 +27,7 @@ from csfr.engine import checkpoint
 from csfr.engine.builders import build_model, eval_transform
 from csfr.engine.distributed import pick_device
 from csfr.engine.inference import label_maps
+from csfr.ops.layout import IGNORE_INDEX
 
 _NO_LABEL = np.zeros((0, 0), np.int64)  # the test pipeline resizes only the image; it needs no label
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
@@ -37,7 +38,7 @@ class Predictor:
     class names and palette. Built by `csfr.load`; `predict(image)` returns label maps."""
 
     def __init__(self, model: torch.nn.Module, config: dict, class_names: Sequence[str], palette: np.ndarray,
-                 device: torch.device, ignore_index: int = 255):
+                 device: torch.device, ignore_index: int = IGNORE_INDEX):
         self.model = model.to(device).eval()
         self.config, self.device, self.ignore_index = config, device, ignore_index
         self.eval_cfg, self.amp = config["eval"], config["train"]["amp"]

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from csfr.ops import cac_terms
+from csfr.ops.layout import IGNORE_INDEX
 
 
 def downsample_labels(labels: Tensor, size: tuple[int, int]) -> Tensor:
@@ -67,7 +68,7 @@ class ClassAwareConsistencyLoss(nn.Module):
     """
 
     def __init__(self, num_classes: int, *, delta_v: float = 0.5, delta_d: float = 1.5,
-                 w_intra: float = 1.0, w_inter: float = 1.0, ignore_index: int = 255,
+                 w_intra: float = 1.0, w_inter: float = 1.0, ignore_index: int = IGNORE_INDEX,
                  backend: str = "auto", centroids: str = "image"):
         super().__init__()
         check_centroids(centroids)
@@ -105,7 +106,7 @@ class SegmentationCrossEntropy(nn.Module):
     """Pixel-wise cross-entropy; logits are bilinearly resized to the label map ([B,H,W] or
     [B,1,H,W]) if needed."""
 
-    def __init__(self, ignore_index: int = 255, weight: float = 1.0):
+    def __init__(self, ignore_index: int = IGNORE_INDEX, weight: float = 1.0):
         super().__init__()
         self.ignore_index, self.weight = ignore_index, weight
 

@@ -20,7 +20,8 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-IGNORE_INDEX = 255
+from csfr.ops.layout import IGNORE_INDEX
+
 TRAIN_ID_SUFFIX = "_labelTrainIds.png"
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], Mapping]

@@ -17,6 +17,7 @@ from csfr.data.transforms import MEAN, STD
 from csfr.engine import distributed, panels
 from csfr.engine.inference import label_maps
 from csfr.engine.metrics import confusion_matrix, scores
+from csfr.ops.layout import IGNORE_INDEX
 
 FORMATS = ("color", "cityscapes")
 
@@ -25,7 +26,7 @@ def _train_id_to_label_id() -> np.ndarray:
     """Cityscapes trainId -> official labelId, for test-server submissions (255 -> 0, "unlabeled")."""
     table = np.zeros(256, np.uint8)
     for label_id, train_id in enumerate(ID_TO_TRAIN_ID[:34]):
-        if train_id != 255:
+        if train_id != IGNORE_INDEX:
             table[train_id] = label_id
     return table
 
@@ -37,7 +38,7 @@ class PredictionWriter:
     Files are named after meta["name"], else the image file's stem, else the item's index."""
 
     def __init__(self, out_dir: Path, palette: np.ndarray, fmt: str = "color", limit: int | None = None,
-                 class_names: Sequence[str] | None = None, ignore_index: int = 255):
+                 class_names: Sequence[str] | None = None, ignore_index: int = IGNORE_INDEX):
         if fmt not in FORMATS:
             raise ValueError(f"unknown prediction format {fmt!r}; valid: {', '.join(FORMATS)}")
         self.out_dir, self.palette, self.fmt, self.limit, self.written = Path(out_dir), palette, fmt, limit, 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from csfr.ops.layout import IGNORE_INDEX
+
 
 def _first_outside(values: torch.Tensor, num_classes: int) -> int | None:
     """The first value outside [0, num_classes), or None (checked before counting: a value equal to
@@ -14,7 +16,7 @@ def _first_outside(values: torch.Tensor, num_classes: int) -> int | None:
 
 
 def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> torch.Tensor:
+                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """[K, K] int64 counts, rows = ground truth, columns = prediction; ignore pixels are left out."""
     if pred.shape != label.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape")

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from csfr.ops.layout import IGNORE_INDEX
+
 IGNORE_COLOUR = (0, 0, 0)
 WRONG_COLOUR = (255, 32, 32)
 IGNORED_IN_ERRORS = (150, 150, 150)
@@ -21,7 +23,7 @@ TILE_MIN, TILE_MAX = 256, 768  # a panel tile's short side is raised to TILE_MIN
 _BACKGROUND, _TEXT = (255, 255, 255), (20, 20, 20)
 
 
-def colorize(label: np.ndarray, palette: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+def colorize(label: np.ndarray, palette: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """HxWx3 uint8 colours of a label map; ignore_index (and any value without a colour) is black."""
     table = np.zeros((max(256, int(label.max(initial=0)) + 1), 3), np.uint8)
     table[:len(palette)] = palette
@@ -55,7 +57,7 @@ def overlay(image: np.ndarray, label: np.ndarray, palette: np.ndarray, alpha: fl
     return mixed.round().astype(np.uint8)
 
 
-def error_map(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+def error_map(image: np.ndarray, pred: np.ndarray, truth: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
     """Wrong pixels red, ignored pixels flat grey, correct pixels the image in dimmed greyscale."""
     out = np.repeat((60 + 0.35 * _grey(image))[..., None], 3, axis=2).astype(np.uint8)
     out[(pred != truth) & (truth != ignore_index)] = WRONG_COLOUR
@@ -116,7 +118,7 @@ def _legend(entries: Sequence[tuple[tuple[int, int, int] | None, str]], width: i
 
 
 def panel(image: np.ndarray, pred: np.ndarray, palette: np.ndarray, class_names: Sequence[str],
-          truth: np.ndarray | None = None, ignore_index: int = 255) -> Image.Image:
+          truth: np.ndarray | None = None, ignore_index: int = IGNORE_INDEX) -> Image.Image:
     """input | ground truth | prediction | errors (the last two only with `truth`), titled, with a
     legend of the classes in the prediction and the ground truth.
 

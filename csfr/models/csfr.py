@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from csfr.losses import ClassAwareConsistencyLoss
 from csfr.models.layers import ConvBNReLU
 from csfr.ops import gated_blend
+from csfr.ops.layout import IGNORE_INDEX
 
 GATES = ("pixel_channel", "pixel", "channel", "fixed")
 AAM_INPUTS = ("head", "backbone")
@@ -148,7 +149,7 @@ class CSFRHead(nn.Module):
 
     def __init__(self, head: nn.Module, num_classes: int, *, dim: int = 512, gate: str = "pixel_channel",
                  csflm_convs: int = 2, delta_v: float = 0.5, delta_d: float = 1.5, w_intra: float = 1.0,
-                 w_inter: float = 1.0, ignore_index: int = 255, norm: str = "bn", backend: str = "auto",
+                 w_inter: float = 1.0, ignore_index: int = IGNORE_INDEX, norm: str = "bn", backend: str = "auto",
                  aam_fuses: str = "backbone", in_ch: int | None = None, cac_projection: int = 0,
                  cac_normalize: str = "none", cac_centroids: str = "image"):
         super().__init__()

@@ -18,13 +18,14 @@ from csfr.models.layers import Classifier, ConvBNReLU
 from csfr.models.resnet import ResNet
 from csfr.models.weights import LoadReport
 from csfr.ops.checks import check_label_values
+from csfr.ops.layout import IGNORE_INDEX
 
 
 class Segmentor(nn.Module):
     """backbone -> head -> classifier (+ auxiliary head). Inputs are checked before any work."""
 
     def __init__(self, backbone: ResNet, head: nn.Module, num_classes: int, aux_weight: float = 0.4,
-                 dropout: float = 0.1, ignore_index: int = 255, norm: str = "bn"):
+                 dropout: float = 0.1, ignore_index: int = IGNORE_INDEX, norm: str = "bn"):
         super().__init__()
         self.backbone, self.head, self.num_classes = backbone, head, num_classes
         self.classifier = Classifier(head.channels, num_classes, dropout)

@@ -23,7 +23,7 @@ from csfr.ops.checks import (
     nan_unless_finite,
 )
 from csfr.ops.dispatch import FUSED_OPS, fused, kernels, resolve
-from csfr.ops.layout import acc_dtype, flat_features, flat_labels
+from csfr.ops.layout import IGNORE_INDEX, acc_dtype, flat_features, flat_labels
 
 
 def _class_part(mu: Tensor, counts: Tensor, inv_counts: Tensor, hinge: Tensor, wsum: Tensor,
@@ -136,7 +136,7 @@ def _fused(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float, delt
 
 
 def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,
-              delta_d: float = 1.5, ignore_index: int = 255, backend: str = "auto") -> Tensor:
+              delta_d: float = 1.5, ignore_index: int = IGNORE_INDEX, backend: str = "auto") -> Tensor:
     """The unweighted (intra, inter) CAC terms (docs/design.md, operator 2).
 
     Args:
@@ -167,7 +167,7 @@ def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 
 
 def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,
              delta_d: float = 1.5, w_intra: float = 1.0, w_inter: float = 1.0,
-             ignore_index: int = 255, backend: str = "auto") -> Tensor:
+             ignore_index: int = IGNORE_INDEX, backend: str = "auto") -> Tensor:
     """Class-Aware Consistency loss, w_intra * intra + w_inter * inter (docs/design.md, operator 2).
 
     Args: as `cac_terms`, plus w_intra, w_inter: the terms' weights.

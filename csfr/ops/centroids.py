@@ -12,7 +12,7 @@ from torch import Tensor
 from csfr.ops import checks, reference
 from csfr.ops.checks import check_features_labels, check_label_values
 from csfr.ops.dispatch import FUSED_OPS, fused, kernels, resolve
-from csfr.ops.layout import acc_dtype, flat_features, flat_labels
+from csfr.ops.layout import IGNORE_INDEX, acc_dtype, flat_features, flat_labels
 
 
 @torch.library.custom_op("csfr::feature_grad", mutates_args=())
@@ -71,7 +71,7 @@ def _backward(ctx, grad_mu, *_):
 _centroids.register_autograd(_backward, setup_context=_setup_context)
 
 
-def class_centroids(feats: Tensor, labels: Tensor, num_classes: int, ignore_index: int = 255,
+def class_centroids(feats: Tensor, labels: Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX,
                     backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Per-image class means of a feature map (docs/design.md, operator 1).
 

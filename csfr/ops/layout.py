@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+IGNORE_INDEX = 255  # the label of pixels that count nowhere: every default in csfr, and the datasets' value
+
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Accumulation dtype of the kernels: float64 for float64 inputs, float32 otherwise."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from csfr.ops.layout import IGNORE_INDEX
+
 __all__ = ["cac_loss", "cac_loss_pairwise", "cac_terms", "class_centroids", "gated_blend"]
 
 
@@ -32,7 +34,7 @@ def _safe_norm(x: Tensor, dim: int) -> Tensor:
 
 
 def class_centroids(feats: Tensor, labels: Tensor, num_classes: int,
-                    ignore_index: int = 255) -> tuple[Tensor, Tensor]:
+                    ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
     """Per-image class means mu [B,K,D] (features' dtype) and pixel counts n [B,K] (int64).
 
     Absent classes get mu = 0 and n = 0; ignored pixels count nowhere.
@@ -48,7 +50,7 @@ def class_centroids(feats: Tensor, labels: Tensor, num_classes: int,
 
 
 def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,
-              delta_d: float = 1.5, ignore_index: int = 255) -> Tensor:
+              delta_d: float = 1.5, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Unweighted (intra, inter) CAC terms as a tensor of shape [2] (float32; float64 for float64).
 
     intra: mean over images with >= 1 class of mean_{k present} mean_{i in k} hinge(||f_i - mu_k|| - delta_v)^2.
@@ -88,14 +90,14 @@ def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 
 
 def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,
              delta_d: float = 1.5, w_intra: float = 1.0, w_inter: float = 1.0,
-             ignore_index: int = 255) -> Tensor:
+             ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Class-Aware Consistency loss, a scalar: w_intra * intra + w_inter * inter."""
     intra, inter = cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index)
     return w_intra * intra + w_inter * inter
 
 
 def cac_loss_pairwise(feats: Tensor, labels: Tensor, num_classes: int,
-                      ignore_index: int = 255) -> Tensor:
+                      ignore_index: int = IGNORE_INDEX) -> Tensor:
     """The paper's O(N^2) consistency term: per image, mean over present classes of the mean
     squared distance over all ordered same-class pixel pairs, halved; averaged over images with
     a class. Equals the intra term of `cac_terms` with delta_v = 0. Small N only.
