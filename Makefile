@@ -7,7 +7,7 @@
 # On a GPU machine (no package index needed; docs/cuda.md, "make gpu-check"), each under 9 minutes:
 #   make gpu-check  builds CUDA in place, pytest -m cuda, compute-sanitizer, GPU + CPU training
 #   make gpu-bench  builds, then the operator and training-step benchmarks into benchmarks/RESULTS.md,
-#                   and times the segment kernels' butterfly limits (tools/butterfly_tuning.cu)
+#                   and times the segment kernels' butterfly limits (benchmarks/butterfly_tuning.cu)
 #   make gpu-all    both in one run (the checks side by side, then the benchmarks alone): a short lease
 # GPU_CHECK_OUT gets the logs and summaries (copy it off the machine); GPU_CHECK_ARGS=--dry-run lists
 # the steps and their commands without running them. Runtime dependencies the GPU machine lacks come as
@@ -41,7 +41,7 @@ demo: install
 	$(PYTHON) -m csfr.evaluate --checkpoint $(WORK_DIR)/checkpoints/best.pt --flip --out $(WORK_DIR)/eval
 
 bench: install
-	$(PYTHON) benchmarks/bench_ops.py
+	$(PYTHON) -m benchmarks.bench_ops
 
 # no `install` prerequisite: a GPU machine here has no package index; the first step builds in place
 gpu-check:

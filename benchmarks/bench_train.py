@@ -12,8 +12,8 @@ Both models are trained from the same preset with the same seeds and number of i
 Whichever wins is reported. The results go to a section of benchmarks/TRAIN_RESULTS.md named
 after the machine.
 
-    python benchmarks/bench_train.py                       # the synthetic preset as it is
-    python benchmarks/bench_train.py --set train.iters=300 # shorter
+    python -m benchmarks.bench_train                       # the synthetic preset as it is
+    python -m benchmarks.bench_train --set train.iters=300 # shorter
 """
 
 from __future__ import annotations
@@ -25,16 +25,14 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.results_file import write_section
 from csfr import configs
 from csfr.data import collate
 from csfr.engine.builders import build_datasets, build_model
 from csfr.engine.distributed import pick_device
 from csfr.engine.trainer import Trainer
 from csfr.profiling import device_description, median_ms
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from features import feature_report
-from results_file import write_section  # benchmarks/ is a folder of scripts, not a package
+from study.features import feature_report
 
 
 def baseline_name(name: str) -> str:
@@ -115,7 +113,7 @@ def main(argv=None) -> None:
               f"{''.join('--set ' + o + ' ' for o in args.overrides)}(CAC weights {options['w_intra']:g} / "
               f"{options['w_inter']:g}): {train['iters']} iterations, batch "
               f"{train['batch_size']}, seeds {args.seeds} (each seed also draws the scenes), the same for both "
-              f"models. Command: `python benchmarks/bench_train.py {' '.join(sys.argv[1:])}`"),
+              f"models. Command: `python -m benchmarks.bench_train {' '.join(sys.argv[1:])}`"),
              "", "| model | seed | mIoU | separability (inter / intra) |", "|---|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['seed']} | {r['mIoU']:.2f} | {r['sep']:.3f} |" for r in runs]
     lines += ["", "| model | mean mIoU | mean separability | train step ms (median) |", "|---|---:|---:|---:|"]

@@ -8,8 +8,8 @@ preset (dilated ResNet-101, output stride 8, deep stem, multi-grid), get the sam
 optimizer state and the batch. The table, with the machine's name, is written into a section of
 benchmarks/RESULTS.md.
 
-    python benchmarks/bench_train_step.py                                  # GPU: 769x769, batch 2, bf16
-    python benchmarks/bench_train_step.py --device cpu --size 65 --steps 1 --out /tmp/r.md   # smoke test
+    python -m benchmarks.bench_train_step                                  # GPU: 769x769, batch 2, bf16
+    python -m benchmarks.bench_train_step --device cpu --size 65 --steps 1 --out /tmp/r.md   # smoke test
 """
 
 from __future__ import annotations
@@ -17,18 +17,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import sys
-from pathlib import Path
 
 import torch
 
+from benchmarks.bench_ops import RESULTS
+from benchmarks.results_file import write_section
 from csfr import configs
 from csfr.engine.builders import build_model
 from csfr.engine.precision import AMP_MODES, autocast
 from csfr.profiling import device_description, median_ms, peak_extra_bytes
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ops import RESULTS  # benchmarks/ is a folder of scripts, not a package
-from results_file import write_section
 
 NUM_CLASSES = 19
 IGNORE = 255
@@ -79,7 +76,7 @@ def markdown(rows: list[dict], title: str, args) -> str:
              (f"{datetime.date.today().isoformat()}, torch {torch.__version__}; preset `{args.config}` models, "
               f"{args.size}x{args.size} crops, batch {args.batch}, autocast {args.amp}, backend {args.backend}; "
               f"forward with losses + backward + SGD step, median of {args.steps} steps after {args.warmup} "
-              f"warm-up steps. Command: `python benchmarks/bench_train_step.py {' '.join(sys.argv[1:])}`"),
+              f"warm-up steps. Command: `python -m benchmarks.bench_train_step {' '.join(sys.argv[1:])}`"),
              "", "| model | median ms/step | images/s | peak extra MB |", "|---|---:|---:|---:|"]
     for row in rows:
         mem = "n/a" if row["mem"] is None else f"{row['mem'] / 2**20:.0f}"

@@ -33,6 +33,22 @@ def median_ms(fn: Callable[[], object], device: torch.device, repeat: int, warmu
     return statistics.median(times)
 
 
+def throughput_ms(fn: Callable[[], object], device: torch.device, calls: int, repeat: int = 3) -> float:
+    """Milliseconds per call of fn() when `calls` run back to back with one synchronisation at the end
+    (median over `repeat` such batches): what a training loop that does not wait for each call sees. Beside
+    `median_ms` (one call, synchronised), the gap is the host's cost that the device's work hides."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3 / calls)
+    return statistics.median(times)
+
+
 def top_kernels(fn: Callable[[], object], device: torch.device, runs: int = 5,
                 top: int = 4, host: bool = False) -> tuple[list[dict], float]:
     """Where fn()'s time goes, by torch.profiler over `runs` calls after one warm-up: the `top` most

@@ -30,7 +30,7 @@ using namespace detail;
 constexpr int kPix = 32;
 constexpr int kGroups = 16;
 // A warp of at most this many classes folds by butterflies, one of more by one global atomic per lane
-// (warp_classes_at_most); tools/butterfly_tuning.cu measures the choice on a GPU.
+// (warp_classes_at_most); benchmarks/butterfly_tuning.cu measures the choice on a GPU.
 #ifndef CSFR_PIXEL_PASS_BUTTERFLY_CLASSES
 #define CSFR_PIXEL_PASS_BUTTERFLY_CLASSES 8
 #endif

@@ -25,7 +25,7 @@ constexpr int kThreads = 256;
 constexpr int kItems = 8;  // pixels per thread
 constexpr int kDT = 8;     // channels per block
 // A mixed warp of at most this many classes folds by butterflies, one of more by one atomic per lane
-// (warp_classes_at_most); tools/butterfly_tuning.cu measures the choice on a GPU.
+// (warp_classes_at_most); benchmarks/butterfly_tuning.cu measures the choice on a GPU.
 #ifndef CSFR_SEGMENT_SUM_BUTTERFLY_CLASSES
 #define CSFR_SEGMENT_SUM_BUTTERFLY_CLASSES 4
 #endif

@@ -2,7 +2,6 @@
 
 import importlib.util
 import pathlib
-import sys
 
 import pytest
 import torch
@@ -11,11 +10,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    """A benchmark module (benchmarks/ imports as a package from the repository root)."""
+    return importlib.import_module(f"benchmarks.{name}")
 
 
 def test_bench_ops_quick_writes_a_table(tmp_path):
@@ -28,9 +24,10 @@ def test_bench_ops_quick_writes_a_table(tmp_path):
     assert "## Some GPU\n\nkept as is" in text
     assert text.count("(quick)\n") == 1  # the second run replaced its own section
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| cac_loss")]
-    assert [row[2].strip() for row in rows] == ["eager", "compile", "cpu"]
-    for row in rows:
-        assert float(row[3]) > 0 and float(row[4]) > 0  # time and ratio are measured numbers
+    assert [row[2].strip() for row in rows] == ["eager", "compile", "cpu"] * 2  # random, then blocky labels
+    assert [row[1].strip().rsplit(", ", 1)[1] for row in rows] == ["random"] * 3 + ["blocky"] * 3
+    for row in rows:  # latency, back-to-back throughput and the ratio are measured numbers
+        assert float(row[3]) > 0 and float(row[4]) > 0 and float(row[5]) > 0
 
 
 def test_bytes_model():
@@ -137,7 +134,7 @@ def test_bench_ops_keeps_the_cases_finished_before_it_stopped(tmp_path, monkeypa
         pass
     text = out.read_text()
     assert "| cac_loss |" in text and "| gated_blend |" not in text
-    assert "Incomplete: 1 of 2 cases measured so far." in text
+    assert "Incomplete: 1 of 3 cases measured so far." in text  # cac_loss on two label kinds, the blend
 
 
 def test_blocky_labels_are_regions_of_one_class():
@@ -163,7 +160,7 @@ def test_blocky_labels_are_regions_of_one_class():
 def test_profile_lists_where_the_time_goes(tmp_path):
     bench = load("bench_ops")
     out = tmp_path / "RESULTS.md"
-    bench.main(["--quick", "--profile", "--ops", "class_centroids", "--out", str(out)])
+    bench.main(["--quick", "--profile", "--ops", "class_centroids", "--labels", "random", "--out", str(out)])
     text = out.read_text()
     assert "Where the time goes (`--profile`" in text
     rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| class_centroids")

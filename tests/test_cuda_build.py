@@ -18,8 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = sorted((ROOT / "kernels").glob("*.cu"))
 GLUE = sorted((ROOT / "csrc" / "cuda").glob("*.cpp"))
-DRIVER = ROOT / "tools" / "kernel_driver.cu"  # host program of make gpu-check: linked against the kernels
-TUNING = ROOT / "tools" / "butterfly_tuning.cu"  # times the segment kernels' butterfly limit (docs/cuda.md)
+DRIVER = ROOT / "tests" / "native" / "kernel_driver.cu"  # host program of make gpu-check: linked against the kernels
+TUNING = ROOT / "benchmarks" / "butterfly_tuning.cu"  # times the segment kernels' butterfly limit (docs/cuda.md)
 ARCHS = ("80", "90")
 _TORCH_NVCC_FLAGS = ("-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                      "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__",
@@ -128,7 +128,7 @@ def test_kernel_compiles_for_sm80_sm90(builds, src):
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not found")
 @pytest.mark.parametrize("program", [DRIVER, TUNING], ids=lambda p: p.name)
 def test_host_program_links_and_needs_a_gpu(builds, program):
-    """tools/kernel_driver.cu calls every launcher, tools/butterfly_tuning.cu times two; each links
+    """tests/native/kernel_driver.cu calls every launcher, benchmarks/butterfly_tuning.cu times two; each links
     against the kernels' objects, and without a GPU stops with one line (exit 2) instead of crashing."""
     results, _, tmp = builds
     rc, out = results[program]

@@ -1,5 +1,5 @@
 """The CUDA emulation itself (csrc/emulation/): the execution model the kernels rely on, and the
-synchronisation errors it must report, checked with the probe kernels of tests/emulation_probe.cpp."""
+synchronisation errors it must report, checked with the probe kernels of tests/native/emulation_probe.cpp."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from csfr.ops import emulation
 pytestmark = pytest.mark.skipif(emulation.why_unavailable() is not None,
                                 reason=f"CUDA emulation unavailable: {emulation.why_unavailable()}")
 
-PROBE = Path(__file__).with_name("emulation_probe.cpp")
+PROBE = Path(__file__).with_name("native") / "emulation_probe.cpp"
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""tools/kernel_driver.cu, the program `make gpu-check` runs under compute-sanitizer, runs here: compiled by
+"""tests/native/kernel_driver.cu, the program `make gpu-check` runs under compute-sanitizer, runs here: compiled by
 the host compiler against the CPU emulation of the CUDA execution model (csrc/emulation), it calls every
 launcher of the real kernels/ sources and must find every output equal to its float64 host reference.
 So a GPU session never spends its time on a driver whose own checks are wrong."""
@@ -23,7 +23,7 @@ def test_kernel_driver_passes_under_the_emulation(tmp_path):
     exe = tmp_path / "kernel_driver"
     kernels = sorted(str(p) for p in (ROOT / "kernels").glob("*.cu"))
     cmd = [CXX, "-std=c++20", "-O1", "-Wno-unknown-pragmas", "-fno-strict-aliasing", f"-I{EMULATION}",
-           f"-I{ROOT / 'kernels'}", "-DCSFR_EMULATION=1", "-x", "c++", str(ROOT / "tools" / "kernel_driver.cu"),
+           f"-I{ROOT / 'kernels'}", "-DCSFR_EMULATION=1", "-x", "c++", str(ROOT / "tests" / "native" / "kernel_driver.cu"),
            *kernels, "-x", "none", str(EMULATION / "runtime.cpp"), "-o", str(exe)]
     build = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert build.returncode == 0, f"the kernel driver does not compile against the emulation:\n{build.stderr}"

@@ -28,7 +28,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def sanitized_env():
     paths = emulation.build(sanitized=True)
-    probe = emulation.compile_emulated("csfr_probe", [ROOT / "tests" / "emulation_probe.cpp"], sanitized=True)
+    probe = emulation.compile_emulated("csfr_probe", [ROOT / "tests" / "native" / "emulation_probe.cpp"], sanitized=True)
     env = {**emulation.sanitizer_env(), "OMP_NUM_THREADS": "2",
            "CSFR_EMULATION_LIBRARY": paths["emulated"], "CSFR_EXTENSION_LIBRARY": paths["cpu"]}
     return env, probe

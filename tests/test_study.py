@@ -1,13 +1,13 @@
 """The study's model options (fixed blend, AAM on stage 4, CAC on a projection / on L2-normalised S)
-and the paired, resumable study script (benchmarks/study.py)."""
+and the paired, resumable study script of the first study (study/first_study.py)."""
 
+import importlib
 import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from test_benchmarks import load
 
 from csfr import models
 from csfr.losses import ClassAwareConsistencyLoss
@@ -112,7 +112,7 @@ def test_bad_study_options_are_named(options, error, message):
 # -- the study script ----------------------------------------------------------------------------
 
 def test_paired_difference_and_t_interval():
-    study = load("study")
+    study = importlib.import_module("study.first_study")
     n, mean, half = study.paired({0: 11.0, 1: 12.0, 2: 13.0, 3: 9.0}, {0: 10.0, 1: 10.0, 2: 10.0})
     assert (n, mean) == (3, 2.0)  # seed 3 has no baseline: not paired
     assert half == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)  # t(0.975, 2) * sd 1 / sqrt(3)
@@ -126,7 +126,7 @@ def study_args(tmp_path, *extra):
 
 
 def test_csfr_starts_from_the_baselines_initial_weights(tmp_path):
-    study = load("study")
+    study = importlib.import_module("study.first_study")
     args = study.parse_args(["main", *study_args(tmp_path)])
     config = study.run_config(args, "pairs", study.CSFR, 3)
     torch.manual_seed(99)  # whatever the RNG state before
@@ -146,7 +146,7 @@ def test_csfr_starts_from_the_baselines_initial_weights(tmp_path):
 
 
 def test_study_runs_pairs_resumes_and_reports(tmp_path, monkeypatch):
-    study = load("study")
+    study = importlib.import_module("study.first_study")
     argv = ["ablation", "--scenes", "modes", "--seeds", "0", "1", *study_args(tmp_path)]
     study.main(argv)
     text = (tmp_path / "T.md").read_text()
@@ -188,7 +188,7 @@ def test_study_runs_pairs_resumes_and_reports(tmp_path, monkeypatch):
 
 def test_pca_picture_of_two_clusters(tmp_path):
     pytest.importorskip("matplotlib")
-    features = load("features")
+    features = importlib.import_module("study.features")
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(200) % 2
     rows = torch.randn(200, 6, generator=gen) * 0.1
@@ -206,7 +206,7 @@ def test_set_overrides_the_pinned_cac_weight_and_shares_the_runs_it_equals(tmp_p
     silently); an arm's own weights still win over it. A run is named by what it trains: the baseline
     (which ignores the CAC weights), the weight-0 arm and the full CSFR at 0.01 are the runs the other
     tables hold, found again and trained once; another kind of override names a group of its own."""
-    study = load("study")
+    study = importlib.import_module("study.first_study")
     weights = ["--set", "model.options.w_intra=0.01", "--set", "model.options.w_inter=0.01"]
     args = study.parse_args(["ablation", *study_args(tmp_path, *weights)])
     plain = study.parse_args(["ablation", *study_args(tmp_path)])

@@ -3,7 +3,7 @@
     python tools/gpu_check.py check   # build CUDA in place, pytest -m cuda, kernels under compute-sanitizer,
                                       # train the synthetic preset on the GPU (torchrun, bf16) and on the CPU
     python tools/gpu_check.py bench   # build, then bench_ops --device cuda, the training-step benchmark and
-                                      # the segment kernels' butterfly limits (tools/butterfly_tuning.cu)
+                                      # the segment kernels' butterfly limits (benchmarks/butterfly_tuning.cu)
     python tools/gpu_check.py all     # both in one run: the checks side by side, then the benchmarks alone
     python tools/gpu_check.py check --dry-run   # list the steps and their exact commands; run nothing
     python tools/gpu_check.py wheels pydantic   # where pip can download: wheels of missing packages into .whl/
@@ -163,7 +163,7 @@ def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int, wheels: 
     """`make gpu-check`: build, pytest -m cuda, sanitizers, GPU and CPU training of the synthetic preset."""
     sanitizer = find_cuda_tool("compute-sanitizer") or "compute-sanitizer"
     driver = str(work / "kernel_driver")
-    sources = ["tools/kernel_driver.cu", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels").glob("*.cu"))]
+    sources = ["tests/native/kernel_driver.cu", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels").glob("*.cu"))]
     compile_driver = [*nvcc_command(arch), "-lineinfo", *sources, "-o", driver]
 
     def sanitize(tool: str) -> Step:
@@ -201,9 +201,9 @@ def check_steps(py: str, arch: str, work: Path, iters: int, nproc: int, wheels: 
 
 def butterfly_tuning_step(arch: str, work: Path) -> Step:
     """Times the CUDA segment kernels built with each limit on the classes a warp folds by butterflies
-    (tools/butterfly_tuning.cu; docs/cuda.md): the builds side by side, then each variant alone. Its
+    (benchmarks/butterfly_tuning.cu; docs/cuda.md): the builds side by side, then each variant alone. Its
     markdown rows go to the log."""
-    sources = ["tools/butterfly_tuning.cu", "kernels/segment_sum.cu", "kernels/cac_pixel_pass.cu"]
+    sources = ["benchmarks/butterfly_tuning.cu", "kernels/segment_sum.cu", "kernels/cac_pixel_pass.cu"]
     builds = " & ".join(shlex.join([
         *nvcc_command(arch), f"-DCSFR_SEGMENT_SUM_BUTTERFLY_CLASSES={n}", f"-DCSFR_PIXEL_PASS_BUTTERFLY_CLASSES={n}",
         *sources, "-o", str(work / f"butterfly_{n}")]) for n in BUTTERFLY_LIMITS)
@@ -214,7 +214,7 @@ def butterfly_tuning_step(arch: str, work: Path) -> Step:
 
 
 def butterfly_findings(output: str) -> str | None:
-    """Whether tools/butterfly_tuning.cu printed every row (2 kernels x 4 cases per limit) and every
+    """Whether benchmarks/butterfly_tuning.cu printed every row (2 kernels x 4 cases per limit) and every
     variant's sums matched the float64 reference (relative error under 1e-5, float32 sums)."""
     rows = re.findall(r"^\| (\d+) \| (\w+) \| [^|]+ \| \w+ \| [\d.]+ \| ([\d.e+-]+|nan|inf) \|$", output, re.MULTILINE)
     if len(rows) != 8 * len(BUTTERFLY_LIMITS):
@@ -224,14 +224,14 @@ def butterfly_findings(output: str) -> str | None:
 
 
 def bench_steps(py: str, arch: str, work: Path, wheels: list[Path]) -> list[Step]:
-    """`make gpu-bench`: build, operator benchmark on CUDA (random, then blocky labels), training-step
-    benchmark, the segment kernels' butterfly limits."""
+    """`make gpu-bench`: build, operator benchmark on CUDA (random and blocky labels in one run, per-call
+    latency and throughput), training-step benchmark, the segment kernels' butterfly limits."""
     return [
         *build_steps(py, arch, wheels),
-        Step("bench_ops --device cuda", [[py, "benchmarks/bench_ops.py", "--device", "cuda", "--profile"]], 330),
-        Step("bench_ops --device cuda --labels blocky",
-             [[py, "benchmarks/bench_ops.py", "--device", "cuda", "--labels", "blocky", "--profile"]], 240),
-        Step("bench_train_step", [[py, "benchmarks/bench_train_step.py", "--device", "cuda"]], 180),
+        Step("bench_ops --device cuda",
+             [[py, "-m", "benchmarks.bench_ops", "--device", "cuda", "--labels", "random", "blocky", "--profile"]],
+             480),
+        Step("bench_train_step", [[py, "-m", "benchmarks.bench_train_step", "--device", "cuda"]], 180),
         butterfly_tuning_step(arch, work),
     ]
 

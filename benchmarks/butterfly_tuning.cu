@@ -5,7 +5,7 @@
 // float64 host reference, so a limit that is fast but wrong shows.
 //
 //   for n in 2 4 8 32; do nvcc -std=c++17 -O3 -arch=sm_90 -Ikernels -DCSFR_SEGMENT_SUM_BUTTERFLY_CLASSES=$n \
-//     -DCSFR_PIXEL_PASS_BUTTERFLY_CLASSES=$n tools/butterfly_tuning.cu kernels/segment_sum.cu \
+//     -DCSFR_PIXEL_PASS_BUTTERFLY_CLASSES=$n benchmarks/butterfly_tuning.cu kernels/segment_sum.cu \
 //     kernels/cac_pixel_pass.cu -o tune_$n && ./tune_$n; done
 //
 // Labels as in benchmarks/bench_ops.py: random (every pixel drawn on its own, 10 % ignored) or blocky

@@ -9,7 +9,7 @@
 // N = 0; each in float32, float16, bfloat16 and float64; gated_blend in every gate mode.
 // Outputs are poisoned with NaN before each launch, so an element a kernel does not write fails.
 //
-//   nvcc -std=c++17 -O3 -lineinfo -arch=sm_90 -Ikernels tools/kernel_driver.cu kernels/*.cu -o kernel_driver
+//   nvcc -std=c++17 -O3 -lineinfo -arch=sm_90 -Ikernels tests/native/kernel_driver.cu kernels/*.cu -o kernel_driver
 //   ./kernel_driver            # prints one line per case, exits 1 on a wrong value, 2 on a CUDA error
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

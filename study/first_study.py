@@ -14,12 +14,12 @@ Runs shared by several tables (the baseline, the default CSFR) are trained once.
 may work on the same study: each claims a run (`claim` file holding its process id) before training
 it and leaves runs claimed by a live process to their owner.
 
-    python benchmarks/study.py main --scenes pairs modes --seeds 0 1 2 3 4 5
-    python benchmarks/study.py ablation --head fcn --scenes pairs modes --seeds 0 1 2 3 4 5
-    python benchmarks/study.py cac_weight --scenes modes --seeds 0 1 2 3 4 5
-    python benchmarks/study.py cac_weight --scenes modes --seeds 6 7 --arms 0 1 2    # more seeds, two arms only
-    python benchmarks/study.py main --scenes modes --seeds 0 1 2 3 4 5 --report-only   # tables from finished runs
-    python benchmarks/study.py main --scenes pairs modes --seeds 0 --pictures           # PCA figures (seed 0)
+    python -m study.first_study main --scenes pairs modes --seeds 0 1 2 3 4 5
+    python -m study.first_study ablation --head fcn --scenes pairs modes --seeds 0 1 2 3 4 5
+    python -m study.first_study cac_weight --scenes modes --seeds 0 1 2 3 4 5
+    python -m study.first_study cac_weight --scenes modes --seeds 6 7 --arms 0 1 2    # more seeds, two arms only
+    python -m study.first_study main --scenes modes --seeds 0 1 2 3 4 5 --report-only   # tables from finished runs
+    python -m study.first_study main --scenes pairs modes --seeds 0 --pictures           # PCA figures (seed 0)
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +38,13 @@ import torch
 from scipy import stats
 from tqdm import tqdm
 
+from benchmarks.results_file import write_section
 from csfr import configs
 from csfr.engine.builders import build_model
 from csfr.engine.trainer import Trainer
 from csfr.models.registry import used_options
 from csfr.profiling import device_description
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from features import feature_report, plot_panels
-from results_file import write_section  # benchmarks/ is a folder of scripts, not a package
+from study.features import feature_report, plot_panels
 
 # head -> (baseline model, CSFR model on that head)
 HEADS = {"fcn": ("fcn_r50_d8", "csfr_r50_d8"), "deeplabv3": ("deeplabv3_r50_d8", "csfr_deeplabv3_r50_d8"),
@@ -277,7 +274,7 @@ def table_section(args, table: str, scenes: str, results: dict[Arm, dict[int, di
     sep = {arm: {s: r["separability"]["classifier input"] for s, r in runs.items()} for arm, runs in results.items()}
     base = miou[BASELINE]
     lines = [f"## {title}", "",
-             (f"Command: `python benchmarks/study.py {table} --head {args.head} --scenes {scenes} --iters {args.iters} "
+             (f"Command: `python -m study.first_study {table} --head {args.head} --scenes {scenes} --iters {args.iters} "
               f"--curve-points {args.curve_points} "
              f"--seeds {' '.join(map(str, args.seeds))}{''.join(' --set ' + o for o in args.overrides)}`. "
              "Δ = arm − baseline, paired by seed, mean with its 95 % t interval (n = seeds both finished; "
@@ -348,7 +345,7 @@ def parse_args(argv=None):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every run, as for python -m csfr.train (repeatable)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/study"), help="where runs live (default runs/study)")
-    p.add_argument("--out", default=str(Path(__file__).with_name("TRAIN_RESULTS.md")),
+    p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "benchmarks" / "TRAIN_RESULTS.md"),
                    help="markdown file whose table sections are (re)written (default benchmarks/TRAIN_RESULTS.md)")
     p.add_argument("--arms", type=int, nargs="+", metavar="I",
                    help="train only these arms, by position in the table (0 = baseline; --help lists them in "

@@ -1,6 +1,6 @@
 """What a trained model's pixel features look like: separability and a PCA picture, per class.
 
-Used by bench_train.py and study.py. Separability = mean distance between class centroids divided
+Used by benchmarks/bench_train.py and study/first_study.py. Separability = mean distance between class centroids divided
 by the mean intra-class spread (root mean squared distance to the own centroid), over all
 validation pixels: large when classes are apart and compact, the two things the CAC loss asks for.
 """
