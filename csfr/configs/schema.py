@@ -40,6 +40,7 @@ Ratios = Annotated[list[Annotated[float, Field(strict=True, gt=0)]], Field(min_l
 
 
 AMP_MODES = ("none", "bfloat16", "float16")  # train.amp; csfr.engine.precision applies them
+COMPILE_MODES = ("none", "default", "reduce-overhead")  # train.compile: torch.compile's mode, or none
 SCALES = (0.125, 4.0)  # test scales outside this make no sense and, large, exhaust memory
 
 
@@ -90,6 +91,8 @@ class TrainConfig(_Strict):
     warmup_iters: NonNegativeInt
     warmup_ratio: _number("a number in (0, 1]", gt=0, le=1)
     amp: _choice(*AMP_MODES)
+    # a default: configs saved before the field existed (in checkpoints) stay valid
+    compile: _choice(*COMPILE_MODES) = "none"
     sync_bn: Flag
     seed: NonNegativeInt
     device: _choice("auto", "cpu", "cuda")

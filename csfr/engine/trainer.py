@@ -209,7 +209,8 @@ class Trainer:
             images = batch["image"].to(self.ctx.device, non_blocking=True)
             labels = batch["label"].to(self.ctx.device, non_blocking=True)
             last = micro == accum - 1
-            sync = network.no_sync() if isinstance(network, DistributedDataParallel) and not last else \
+            ddp = getattr(network, "_orig_mod", network)  # under torch.compile, the module it wraps
+            sync = ddp.no_sync() if isinstance(ddp, DistributedDataParallel) and not last else \
                 contextlib.nullcontext()
             with sync:
                 try:
@@ -278,6 +279,11 @@ class Trainer:
         if self.ctx.distributed:
             network = DistributedDataParallel(self.model, device_ids=[self.ctx.device.index]
                                               if self.ctx.device.type == "cuda" else None)
+        if self.train["compile"] != "none":
+            # the forward and its losses as one graph: fullgraph makes a graph break (a host read in the
+            # step, which would also stop CUDA-graph capture) an error instead of a silent split;
+            # "reduce-overhead" replays forward and backward as CUDA graphs on a GPU
+            network = torch.compile(network, mode=self.train["compile"], fullgraph=True)
         self.model.train()
         iters, scores = self.train["iters"], None
         bar = tqdm(total=iters, initial=self.iteration, desc="train", dynamic_ncols=True,
