@@ -30,7 +30,7 @@ def batch(size=33, b=2):
 
 # a valid value other than the default for each CSFR-only option
 _OTHER_VALUES = {"backend": "torch", "csfr_dim": 8, "csflm_convs": 1, "gate": "pixel", "aam_fuses": "head",
-                 "cac_projection": 4, "cac_normalize": "pixel", "cac_centroids": "batch", "delta_v": 0.3,
+                 "cac_projection": 4, "cac_normalize": "image", "cac_centroids": "batch", "delta_v": 0.3,
                  "delta_d": 1.0, "w_intra": 0.5, "w_inter": 0.5}
 
 

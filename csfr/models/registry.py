@@ -18,6 +18,7 @@ from csfr.models.resnet import DEPTHS, ResNet
 from csfr.models.segmentor import Segmentor
 from csfr.models.weights import check_file, load_pretrained
 from csfr.ops.dispatch import NAMES as BACKENDS
+from csfr.ops.layout import IGNORE_INDEX
 
 # Every option and its default. Options of a part a model does not have (the CSFR ones for a
 # baseline) are accepted and unused, so that one config serves a CSFR model and its baseline.
@@ -31,14 +32,14 @@ DEFAULTS = {
     "aux_weight": 0.4,           # auxiliary FCN loss weight on stage 3 (0 = no auxiliary head)
     "dropout": 0.1,
     "norm": "bn",                # "bn" or "syncbn"
-    "ignore_index": 255,
+    "ignore_index": IGNORE_INDEX,
     "backend": "auto",           # kernel backend of the csfr ops
     "csfr_dim": 512,             # channels D of the C-S features
     "csflm_convs": 2,
     "gate": "pixel_channel",     # AAM gate: "pixel_channel", "pixel", "channel" or "fixed" (no learned gate)
     "aam_fuses": "backbone",     # AAM fuses S with stage 4 ("backbone", the abstract's) or the head features X ("head")
     "cac_projection": 0,         # CAC on S (0) or on a 1x1 linear projection of S to this many channels
-    "cac_normalize": "image",    # CAC on S / each image's RMS norm ("image"), per-pixel unit vectors ("pixel") or S ("none")
+    "cac_normalize": "pixel",    # CAC on per-pixel unit vectors ("pixel"), S / each image's RMS norm ("image") or S ("none")
     "cac_centroids": "image",    # class centroids per image ("image") or over the whole batch ("batch")
     "delta_v": 0.1,              # margins on the normalised scale (0.5 / 1.5 suit "none" at small D)
     "delta_d": 0.5,
