@@ -183,5 +183,5 @@ def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0
     name = resolve(backend, feats.device)
     if name in FUSED_OPS:
         return _fused(feats, labels, num_classes, delta_v, delta_d, w_intra, w_inter, ignore_index, name)[0]
-    intra, inter = cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index, name)
-    return w_intra * intra + w_inter * inter
+    terms = cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index, name)
+    return reference.weighted_loss(terms, w_intra, w_inter)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from csfr.ops.layout import IGNORE_INDEX
 
-__all__ = ["cac_loss", "cac_loss_pairwise", "cac_terms", "class_centroids", "gated_blend"]
+__all__ = ["cac_loss", "cac_loss_pairwise", "cac_terms", "class_centroids", "gated_blend", "weighted_loss"]
 
 
 def _acc(t: Tensor) -> Tensor:
@@ -92,8 +92,13 @@ def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0
              delta_d: float = 1.5, w_intra: float = 1.0, w_inter: float = 1.0,
              ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Class-Aware Consistency loss, a scalar: w_intra * intra + w_inter * inter."""
-    intra, inter = cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index)
-    return w_intra * intra + w_inter * inter
+    return weighted_loss(cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index), w_intra, w_inter)
+
+
+def weighted_loss(terms: Tensor, w_intra: float, w_inter: float) -> Tensor:
+    """w_intra * intra + w_inter * inter of the [2] terms: the loss's one weighting in Python (the fused
+    ops weight in their class part, csrc and kernels/cac_loss.cu)."""
+    return w_intra * terms[0] + w_inter * terms[1]
 
 
 def cac_loss_pairwise(feats: Tensor, labels: Tensor, num_classes: int,
