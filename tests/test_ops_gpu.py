@@ -240,3 +240,33 @@ def test_cuda_kernels_check_their_inputs():
     with pytest.raises(RuntimeError, match="must be given together"):
         torch.ops.csfr.pixel_grad(feats, labels, torch.zeros(2, 3, 4, device=DEVICE), IGNORE,
                                   torch.zeros(2, 3, 4, device=DEVICE), None, None)
+
+
+# the CUDA runtime calls that enqueue device work, as torch.profiler names them on a GPU
+GPU_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaMemsetAsync")
+
+
+@pytest.mark.parametrize("op, bound", [("cac_loss", 5), ("class_centroids", 3)])
+def test_fused_ops_launch_what_the_emulation_counts(op, bound):
+    """On the GPU the fused ops launch what tests/test_ops_host_cost.py counts through the emulation:
+    cac_loss a memset and four kernels forward + backward, class_centroids a memset and two."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _backend("cuda")
+    gen = torch.Generator().manual_seed(0)
+    feats = (torch.rand(2, 16, 12, 12, generator=gen) + 5).to(DEVICE).requires_grad_(True)
+    labels = torch.randint(0, 5, (2, 12, 12), generator=gen).to(DEVICE)
+    seed = torch.ones((), device=DEVICE) if op == "cac_loss" else torch.ones(2, 5, 16, device=DEVICE)
+
+    def run():
+        feats.grad = None
+        out = ops.cac_loss(feats, labels, 5, backend="cuda") if op == "cac_loss" else \
+            ops.class_centroids(feats, labels, 5, backend="cuda")[0]
+        out.backward(seed)
+    run()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    launches = [e.name for e in prof.events() if e.name in GPU_LAUNCHES]
+    assert len(launches) == bound, launches
