@@ -284,7 +284,7 @@ void cac_class_part(A* st, const csfr::CacState& L, A delta_d, A w_intra, A w_in
   const int64_t B = L.B, K = L.K, D = L.D;
   std::vector<char> non_finite(B, 0);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<A> g(D);
+    std::vector<A> g(D), diff(D);
     for (int64_t b = b0; b < b1; ++b) {
       const A* counts = st + L.counts() + b * K;
       const A* sums = st + L.sums() + b * K * D;
@@ -303,13 +303,13 @@ void cac_class_part(A* st, const csfr::CacState& L, A delta_d, A w_intra, A w_in
           const A inv_c = A(1) / std::max(counts[c], A(1));
           A d2 = 0;
           for (int64_t d = 0; d < D; ++d) {
-            const A diff = sums[a * D + d] * inv_a - sums[c * D + d] * inv_c;
-            d2 += diff * diff;
+            diff[d] = sums[a * D + d] * inv_a - sums[c * D + d] * inv_c;  // mu_a - mu_c, once for both uses
+            d2 += diff[d] * diff[d];
           }
           const A dist = std::sqrt(d2), gap = std::max(2 * delta_d - dist, A(0));
           row_inter += gap * gap;
           const A w = dist > 0 ? gap / dist : A(0);
-          for (int64_t d = 0; d < D; ++d) g[d] += w * (sums[a * D + d] * inv_a - sums[c * D + d] * inv_c);
+          for (int64_t d = 0; d < D; ++d) g[d] += w * diff[d];
         }
         if (present_a)
           for (int64_t d = 0; d < D; ++d) non_finite[b] |= !std::isfinite(sums[a * D + d]);
@@ -344,6 +344,9 @@ void cac_class_part(A* st, const csfr::CacState& L, A delta_d, A w_intra, A w_in
   st[L.scale() + 1] = A(1) / n_inter;
 }
 
+// 1 / max(n, 1) of class counts: the factor of every class mean sums / n (the CUDA kernels' mean_scale).
+Tensor inverse_counts(const Tensor& counts) { return counts.clamp_min(1).reciprocal(); }
+
 std::tuple<Tensor, Tensor, Tensor> cac_loss_cpu(const Tensor& feats, const Tensor& labels, int64_t K, double delta_v,
                                                 double delta_d, double w_intra, double w_inter, int64_t ignore_index) {
   check_feats_labels(feats, labels, "cac_loss");
@@ -351,7 +354,7 @@ std::tuple<Tensor, Tensor, Tensor> cac_loss_cpu(const Tensor& feats, const Tenso
   csfr::checks::check_margins(delta_v, delta_d, "cac_loss");
   const csfr::CacState L{feats.size(0), feats.size(1), feats.size(2), K};
   auto [sums, counts] = segment_sum_cpu(feats, labels, K, ignore_index);
-  const Tensor mu = sums * counts.clamp_min(1).reciprocal().unsqueeze(-1);
+  const Tensor mu = sums * inverse_counts(counts).unsqueeze(-1);
   auto [coef, hinge, wsum, wcount] = cac_pixel_pass_cpu(feats, labels, mu, delta_v, ignore_index);
   Tensor state = at::zeros({L.total()}, sums.options());
   const std::pair<int64_t, const Tensor*> parts[] = {{L.sums(), &sums},   {L.wsum(), &wsum},     {L.counts(), &counts},
@@ -373,8 +376,7 @@ Tensor cac_loss_backward_cpu(const std::optional<Tensor>& grad_loss, const std::
                              double w_inter, int64_t ignore_index) {
   check_feats_labels(feats, labels, "cac_loss_backward");
   const csfr::CacState L{feats.size(0), feats.size(1), feats.size(2), K};
-  TORCH_CHECK(state.dim() == 1 && state.numel() == L.total() && state.scalar_type() == acc_type(feats),
-              "cac_loss_backward: state must be [", L.total(), "] ", acc_type(feats));
+  csfr::checks::check_acc(state, feats, {L.total()}, kCpu, "cac_loss_backward", "state");
   const int64_t B = L.B, D = L.D;
   auto part = [&](int64_t offset, at::IntArrayRef shape) {
     int64_t n = 1;
@@ -386,7 +388,7 @@ Tensor cac_loss_backward_cpu(const std::optional<Tensor>& grad_loss, const std::
   if (grad_terms) go = go + *grad_terms;
   const Tensor s = go * part(L.scale(), {2});
   const Tensor s_intra = s.narrow(0, 0, 1), s_inter = s.narrow(0, 1, 1);
-  const Tensor inv = part(L.counts(), {B, K}).clamp_min(1).reciprocal();
+  const Tensor inv = inverse_counts(part(L.counts(), {B, K}));
   const Tensor a = part(L.a(), {B, K}) * s_intra;
   const Tensor g = (-a * inv).unsqueeze(-1) * part(L.wsum(), {B, K, D}) + part(L.g_inter(), {B, K, D}) * s_inter;
   const Tensor mu = part(L.sums(), {B, K, D}) * inv.unsqueeze(-1);
@@ -405,7 +407,7 @@ std::tuple<Tensor, Tensor, Tensor> class_centroids_fused_cpu(const Tensor& feats
   Tensor state = at::zeros({L.total()}, sums.options());
   state.narrow(0, L.sums(), sums.numel()).copy_(sums.reshape(-1));
   state.narrow(0, L.counts(), counts.numel()).copy_(counts.reshape(-1));
-  const Tensor mu = (sums * counts.clamp_min(1).reciprocal().unsqueeze(-1)).to(feats.scalar_type());
+  const Tensor mu = (sums * inverse_counts(counts).unsqueeze(-1)).to(feats.scalar_type());
   return {mu, counts.to(at::kLong), state};
 }
 
@@ -414,10 +416,9 @@ Tensor class_centroids_fused_backward_cpu(const Tensor& grad_mu, const Tensor& f
   check_feats_labels(feats, labels, "class_centroids_backward");
   const int64_t B = feats.size(0), D = feats.size(1);
   const csfr::CentroidState L{B, D, K};
-  TORCH_CHECK(state.dim() == 1 && state.numel() == L.total() && state.scalar_type() == acc_type(feats),
-              "class_centroids_backward: state must be [", L.total(), "] ", acc_type(feats));
+  csfr::checks::check_acc(state, feats, {L.total()}, kCpu, "class_centroids_backward", "state");
   TORCH_CHECK(grad_mu.sizes() == at::IntArrayRef({B, K, D}), "class_centroids_backward: grad_mu must be [B, K, D]");
-  const Tensor inv = state.narrow(0, L.counts(), B * K).view({B, K, 1}).clamp_min(1).reciprocal();
+  const Tensor inv = inverse_counts(state.narrow(0, L.counts(), B * K).view({B, K, 1}));
   const Tensor g = (grad_mu.to(state.scalar_type()) * inv).contiguous();
   return pixel_grad_cpu(feats, labels, g, ignore_index, std::nullopt, std::nullopt, std::nullopt);
 }

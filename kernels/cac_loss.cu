@@ -49,7 +49,8 @@ class_part_kernel(A* __restrict__ st, CacState L, A delta_d, A w_intra, A w_inte
   const int tid = threadIdx.x, lane = tid & 31, warp = tid / 32;
   A* mu_a = dynamic_smem<A>();  // [D]
   A* wrow = mu_a + D;            // [K]: gap / distance to each class, 0 for a itself and absent classes
-  A* scratch = wrow + K;         // [kClassWarps]
+  A* inv = wrow + K;             // [K]: each partner class's 1 / n, for the second pass
+  A* scratch = inv + K;          // [kClassWarps]
   __shared__ int s_last;
   const A* counts = st + L.counts() + b * K;
   const A* sums = st + L.sums() + b * K * D;
@@ -83,6 +84,7 @@ class_part_kernel(A* __restrict__ st, CacState L, A delta_d, A w_intra, A w_inte
         continue;
       }
       const A inv_c = mean_scale(counts, c);
+      if (lane == 0) inv[c] = inv_c;
       A d2 = 0;
       for (int64_t d = lane; d < D; d += 32) {
         const A diff = mu_a[d] - sums[c * D + d] * inv_c;
@@ -95,13 +97,13 @@ class_part_kernel(A* __restrict__ st, CacState L, A delta_d, A w_intra, A w_inte
         gap2 += gap * gap;
       }
     }
-    row_inter = block_sum(gap2, scratch) / pairs * has_inter;  // its barrier also publishes wrow
+    row_inter = block_sum(gap2, scratch) / pairs * has_inter;  // its barrier also publishes wrow and inv
     // d(inter)/d(mu_a) = -4 / pairs * sum_c gap / dist (mu_a - mu_c), reaching each pixel of a with 1 / n_a
     const A scale = A(-4) * has_inter / pairs * inv_a;
     for (int64_t d = tid; d < D; d += kClassThreads) {
       A acc = 0;
       for (int64_t c = 0; c < K; ++c)
-        if (wrow[c] != A(0)) acc += wrow[c] * (mu_a[d] - sums[c * D + d] * mean_scale(counts, c));
+        if (wrow[c] != A(0)) acc += wrow[c] * (mu_a[d] - sums[c * D + d] * inv[c]);
       g[d] = scale * acc;
     }
   } else {
@@ -162,15 +164,11 @@ cac_grad_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labels,
                 int64_t terms_stride, acc_t<T> w_intra, acc_t<T> w_inter, T* __restrict__ out, int64_t ignore) {
   using A = acc_t<T>;
   const int64_t D = L.D, N = L.N, K = L.K;
-  const PixelRun r = pixel_run(kGradThreads, kGradChannels, D, N);
+  const PixelRun r = pixel_run(kGradThreads, kGradChannels, labels, D, N, K, ignore);
   if (r.i >= N) return;
+  if (r.k < 0) return zero_run(out, r, N);
   const int64_t b = r.b, i = r.i, d0 = r.d0, row0 = r.row0;
-  const int dn = r.dn;
-  const int k = class_of(labels, b * N + i, K, ignore);
-  if (k < 0) {
-    for (int c = 0; c < dn; ++c) out[row0 + c * N] = from_acc<T>(A(0));
-    return;
-  }
+  const int dn = r.dn, k = r.k;
   A go_intra = 0, go_inter = 0;
   if (grad_loss) {
     go_intra += w_intra * grad_loss[0];
@@ -217,7 +215,7 @@ cudaError_t forward(const void* feats, const int64_t* labels, void* state, void*
                                st + L.wsum(), st + L.wcount(), L.B, L.D, L.N, L.K, ignore, deterministic, workspace,
                                stream, Fused{st + L.counts(), nullptr, true});
   if (err != cudaSuccess) return err;
-  const size_t smem = sizeof(A) * (L.D + L.K + kClassWarps);
+  const size_t smem = sizeof(A) * (L.D + 2 * L.K + kClassWarps);
   if (smem > 48 * 1024) {
     err = cudaFuncSetAttribute(class_part_kernel<A>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(smem));

@@ -63,20 +63,27 @@ __device__ __forceinline__ void device_fail(const char* what) {
 }
 
 // A thread's share of a (pixel tiles, channel tiles, images) grid of `threads`-wide blocks and `channels`-deep
-// tiles, as the backward kernels lay it out: pixel i of image b, channels [d0, d0 + dn), and row0, the index of
-// (b, d0, i) in [B, D, N]. i >= N: a tail thread with nothing to do.
+// tiles, as the backward kernels lay it out: pixel i of image b and its class k (-1: ignored, or a tail thread
+// with i >= N, which has nothing to do), channels [d0, d0 + dn), and row0, the index of (b, d0, i) in [B, D, N].
 struct PixelRun {
   int64_t b, i, d0, row0;
-  int dn;
+  int dn, k;
 };
-__device__ __forceinline__ PixelRun pixel_run(int threads, int channels, int64_t D, int64_t N) {
+__device__ __forceinline__ PixelRun pixel_run(int threads, int channels, const int64_t* labels, int64_t D, int64_t N,
+                                              int64_t K, int64_t ignore) {
   PixelRun r;
   r.b = blockIdx.z;
   r.i = static_cast<int64_t>(blockIdx.x) * threads + threadIdx.x;
   r.d0 = static_cast<int64_t>(blockIdx.y) * channels;
   r.dn = static_cast<int>(D - r.d0 < channels ? D - r.d0 : channels);
   r.row0 = (r.b * D + r.d0) * N + r.i;
+  r.k = r.i < N ? class_of(labels, r.b * N + r.i, K, ignore) : -1;
   return r;
+}
+
+// An ignored pixel's gradient: zero in each of the run's channels.
+template <typename T> __device__ __forceinline__ void zero_run(T* out, const PixelRun& r, int64_t N) {
+  for (int c = 0; c < r.dn; ++c) out[r.row0 + c * N] = from_acc<T>(acc_t<T>(0));
 }
 
 // Sum over the 32 lanes; every lane gets the total.

@@ -21,15 +21,11 @@ pixel_grad_kernel(const T* __restrict__ feats, const int64_t* __restrict__ label
                   const acc_t<T>* __restrict__ a, T* __restrict__ out, int64_t D, int64_t N, int64_t K,
                   int64_t ignore) {
   using A = acc_t<T>;
-  const PixelRun r = pixel_run(kThreads, kDT, D, N);
+  const PixelRun r = pixel_run(kThreads, kDT, labels, D, N, K, ignore);
   if (r.i >= N) return;
+  if (r.k < 0) return zero_run(out, r, N);
   const int64_t b = r.b, i = r.i, d0 = r.d0, row0 = r.row0;
-  const int dn = r.dn;
-  const int k = class_of(labels, b * N + i, K, ignore);
-  if (k < 0) {
-    for (int c = 0; c < dn; ++c) out[row0 + c * N] = from_acc<T>(A(0));
-    return;
-  }
+  const int dn = r.dn, k = r.k;
   const A* gk = g + (b * K + k) * D + d0;
   const A ac = kDirect ? a[b * K + k] * coef[b * N + i] : A(0);
   const A* mk = kDirect ? mu + (b * K + k) * D + d0 : nullptr;
@@ -52,13 +48,13 @@ centroid_grad_kernel(const int64_t* __restrict__ labels, const T* __restrict__ d
                      int64_t sd, const acc_t<T>* __restrict__ counts, T* __restrict__ out, int64_t D, int64_t N,
                      int64_t K, int64_t ignore) {
   using A = acc_t<T>;
-  const PixelRun r = pixel_run(kThreads, kCentroidChannels, D, N);
+  const PixelRun r = pixel_run(kThreads, kCentroidChannels, labels, D, N, K, ignore);
   if (r.i >= N) return;
-  const int k = class_of(labels, r.b * N + r.i, K, ignore);
-  const A inv = k >= 0 ? mean_scale(counts, r.b * K + k) : A(0);
-  const T* g = dmu + r.b * sb + (k >= 0 ? k : 0) * sk + r.d0 * sd;
+  if (r.k < 0) return zero_run(out, r, N);
+  const A inv = mean_scale(counts, r.b * K + r.k);
+  const T* g = dmu + r.b * sb + r.k * sk + r.d0 * sd;
 #pragma unroll 4
-  for (int c = 0; c < r.dn; ++c) out[r.row0 + c * N] = from_acc<T>(k >= 0 ? to_acc(g[c * sd]) * inv : A(0));
+  for (int c = 0; c < r.dn; ++c) out[r.row0 + c * N] = from_acc<T>(to_acc(g[c * sd]) * inv);
 }
 
 template <typename T>

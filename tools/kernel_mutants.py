@@ -81,7 +81,7 @@ MUTANTS = {
         "kernels/segment_sum.cu", "atomicAdd(tickets + b, 1u) == gridDim.x * gridDim.y - 1;",
         "atomicAdd(tickets + b, 1u) == 0;"),
     "fused class_centroids' gradient skips the count": (
-        "kernels/pixel_grad.cu", "to_acc(g[c * sd]) * inv : A(0)", "to_acc(g[c * sd]) : A(0)"),
+        "kernels/pixel_grad.cu", "from_acc<T>(to_acc(g[c * sd]) * inv)", "from_acc<T>(to_acc(g[c * sd]))"),
     "fused segment_sum flags no bad label": (
         "kernels/segment_sum.cu", "if (bad_label && k < 0 && i < N && yb[i] != ignore) *bad_label = A(1);", ""),
 }

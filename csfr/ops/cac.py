@@ -125,7 +125,7 @@ def _fused(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float, delt
     checked on the host (an error naming the label, or the image and class of a non-finite feature); the
     CUDA code path (cuda, and cuda_emulated on CPU tensors) reads nothing back: a bad label is a
     device-side assertion and a non-finite feature makes the terms NaN."""
-    host = name == "cpu" and checks.host_checks(labels) and not torch.compiler.is_compiling()
+    host = checks.fused_host_checks(name, labels)
     if host:
         check_label_values(labels, num_classes, ignore_index, "cac_loss")
     loss, terms, _ = fused(name, "cac_loss")(flat_features(feats), flat_labels(labels), num_classes, float(delta_v),
@@ -133,6 +133,26 @@ def _fused(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float, delt
     if host and not bool(torch.isfinite(terms).all()):
         check_finite_features(feats, labels, ignore_index, "cac_loss")  # raises, naming where
     return loss, terms
+
+
+def _checked_backend(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float, delta_d: float,
+                     backend: str) -> str:
+    """The argument checks of cac_terms and cac_loss, done once per call; returns the concrete backend."""
+    check_features_labels(feats, labels, num_classes, "cac_loss")
+    _check_margins(delta_v, delta_d)
+    return resolve(backend, feats.device)
+
+
+def _composed_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float, delta_d: float,
+                    ignore_index: int, name: str) -> Tensor:
+    """The terms on a backend without a fused op: the reference (torch) or Triton's composed form."""
+    if name == "torch":
+        if not torch.compiler.is_compiling():
+            check_label_values(labels, num_classes, ignore_index, "cac_loss")
+            check_finite_features(feats, labels, ignore_index, "cac_loss")
+        return reference.cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index)
+    return _cac_terms(flat_features(feats), labels, num_classes, float(delta_v), float(delta_d), ignore_index,
+                      name)[0]
 
 
 def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,
@@ -151,18 +171,10 @@ def cac_terms(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 
     Returns:
         [2] tensor (intra, inter), float32 (float64 for float64 features); differentiable in feats.
     """
-    check_features_labels(feats, labels, num_classes, "cac_loss")
-    _check_margins(delta_v, delta_d)
-    name = resolve(backend, feats.device)
-    if name == "torch":
-        if not torch.compiler.is_compiling():
-            check_label_values(labels, num_classes, ignore_index, "cac_loss")
-            check_finite_features(feats, labels, ignore_index, "cac_loss")
-        return reference.cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index)
+    name = _checked_backend(feats, labels, num_classes, delta_v, delta_d, backend)
     if name in FUSED_OPS:
         return _fused(feats, labels, num_classes, delta_v, delta_d, 1.0, 1.0, ignore_index, name)[1]
-    return _cac_terms(flat_features(feats), labels, num_classes, float(delta_v), float(delta_d), ignore_index,
-                      name)[0]
+    return _composed_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index, name)
 
 
 def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0.5,
@@ -174,14 +186,12 @@ def cac_loss(feats: Tensor, labels: Tensor, num_classes: int, delta_v: float = 0
 
     Returns:
         A scalar, float32 (float64 for float64 features). NaN/Inf features raise on CPU tensors;
-        on a GPU (where raising would cost a host synchronisation) the loss is NaN instead, and so
-        it is for labels outside [0, num_classes) that are not ignored (the training loop checks
-        labels on the CPU before they reach the GPU).
+        on a GPU (where raising would cost a host synchronisation) the loss is NaN instead, and a
+        label outside [0, num_classes) that is not ignored fails a device-side assertion (the
+        training loop checks labels on the CPU before they reach the GPU).
     """
-    check_features_labels(feats, labels, num_classes, "cac_loss")
-    _check_margins(delta_v, delta_d)
-    name = resolve(backend, feats.device)
+    name = _checked_backend(feats, labels, num_classes, delta_v, delta_d, backend)
     if name in FUSED_OPS:
         return _fused(feats, labels, num_classes, delta_v, delta_d, w_intra, w_inter, ignore_index, name)[0]
-    terms = cac_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index, name)
+    terms = _composed_terms(feats, labels, num_classes, delta_v, delta_d, ignore_index, name)
     return reference.weighted_loss(terms, w_intra, w_inter)

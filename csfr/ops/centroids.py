@@ -95,7 +95,7 @@ def class_centroids(feats: Tensor, labels: Tensor, num_classes: int, ignore_inde
         return reference.class_centroids(feats, labels, num_classes, ignore_index)
     if name in FUSED_OPS:  # one op (two launches forward, one backward on a GPU); the CUDA code path checks
         # labels in its kernel (a device-side assertion), the CPU on the host where it may read them
-        if name == "cpu" and checks.host_checks(labels) and not torch.compiler.is_compiling():
+        if checks.fused_host_checks(name, labels):
             check_label_values(labels, num_classes, ignore_index, "class_centroids")
         op = fused(name, "class_centroids_fused")
         mu, counts, _ = op(flat_features(feats), flat_labels(labels), num_classes, ignore_index)

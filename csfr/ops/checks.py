@@ -48,6 +48,13 @@ def host_checks(t: Tensor) -> bool:
     return t.device.type == "cpu"
 
 
+def fused_host_checks(backend: str, labels: Tensor) -> bool:
+    """Whether a fused C++ op's values are checked on the host around it: on the cpu backend's CPU
+    tensors, eagerly. The CUDA code path (cuda, and cuda_emulated standing in for it on CPU tensors)
+    checks labels in its kernels instead and reads nothing back."""
+    return backend == "cpu" and host_checks(labels) and not torch.compiler.is_compiling()
+
+
 def check_label_values(labels: Tensor, num_classes: int, ignore_index: int, op: str) -> None:
     """Every label is in [0, num_classes) or equals ignore_index; names the first offender.
 
