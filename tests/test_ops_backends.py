@@ -110,19 +110,28 @@ def test_backends_reports_every_backend():
 
 
 class _UsesEveryOp(torch.nn.Module):
+    def __init__(self, backend: str):
+        super().__init__()
+        self.backend = backend
+
     def forward(self, feats, labels, x):
-        loss = csfr.ops.cac_loss(feats, labels, 6, backend="cpu")
-        mu, _ = csfr.ops.class_centroids(feats, labels, 6, backend="cpu")
-        z = csfr.ops.gated_blend(x, feats, feats[:, :1], backend="cpu")
+        loss = csfr.ops.cac_loss(feats, labels, 6, backend=self.backend)
+        mu, _ = csfr.ops.class_centroids(feats, labels, 6, backend=self.backend)
+        z = csfr.ops.gated_blend(x, feats, feats[:, :1], backend=self.backend)
         return loss + mu.square().mean() + z.square().mean()
 
 
-def test_torch_compile_fullgraph_matches_eager():
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_torch_compile_fullgraph_matches_eager(backend):
+    """Every op traces whole (no graph break) and the compiled graph's values and gradients are eager's:
+    the fused ops of the C++ library and of Triton's (csfr_triton, in the interpreter here)."""
+    if csfr.ops.backends()[backend] != "available":
+        pytest.skip(f"backend {backend} unavailable here")
     feats = torch.randn(2, 8, 7, 9)
     labels = torch.randint(0, 6, (2, 7, 9))
     labels[0, 0] = 255
     x = torch.randn(2, 8, 7, 9)
-    module = _UsesEveryOp()
+    module = _UsesEveryOp(backend)
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
 
     def run(fn):

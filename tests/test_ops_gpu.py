@@ -246,13 +246,15 @@ def test_cuda_kernels_check_their_inputs():
 GPU_LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaMemsetAsync")
 
 
-@pytest.mark.parametrize("op, bound", [("cac_loss", 5), ("class_centroids", 3)])
-def test_fused_ops_launch_what_the_emulation_counts(op, bound):
-    """On the GPU the fused ops launch what tests/test_ops_host_cost.py counts through the emulation:
-    cac_loss a memset and four kernels forward + backward, class_centroids a memset and two."""
+@pytest.mark.parametrize("backend, op, bound", [("cuda", "cac_loss", 5), ("cuda", "class_centroids", 3),
+                                               ("triton", "cac_loss", 6), ("triton", "class_centroids", 4)])
+def test_fused_ops_launch_what_the_emulation_counts(backend, op, bound):
+    """On the GPU the fused ops launch what tests/test_ops_host_cost.py counts on the CPU (through the
+    emulation, and Triton's interpreter): on cuda, cac_loss a memset and four kernels forward + backward,
+    class_centroids a memset and two; on triton, a clear and five kernels, and a clear and three."""
     from torch.profiler import ProfilerActivity, profile
 
-    _backend("cuda")
+    _backend(backend)
     gen = torch.Generator().manual_seed(0)
     feats = (torch.rand(2, 16, 12, 12, generator=gen) + 5).to(DEVICE).requires_grad_(True)
     labels = torch.randint(0, 5, (2, 12, 12), generator=gen).to(DEVICE)
@@ -260,8 +262,8 @@ def test_fused_ops_launch_what_the_emulation_counts(op, bound):
 
     def run():
         feats.grad = None
-        out = ops.cac_loss(feats, labels, 5, backend="cuda") if op == "cac_loss" else \
-            ops.class_centroids(feats, labels, 5, backend="cuda")[0]
+        out = ops.cac_loss(feats, labels, 5, backend=backend) if op == "cac_loss" else \
+            ops.class_centroids(feats, labels, 5, backend=backend)[0]
         out.backward(seed)
     run()
     torch.cuda.synchronize()

@@ -201,16 +201,22 @@ def test_unknown_and_unavailable_backends_say_why(monkeypatch):
         csfr.ops.cac_loss(feats, labels, K)
 
 
-def test_errors_come_before_any_kernel_runs(monkeypatch):
-    """A label error is raised by the checks, never by (or after) a kernel."""
-    from csfr.ops import cac
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_errors_come_before_any_kernel_runs(monkeypatch, backend):
+    """A label error on CPU tensors is raised by the checks, never by (or after) the fused op."""
+    from csfr.ops import cac, centroids
 
+    if csfr.ops.backends()[backend] != "available":
+        pytest.skip(f"backend {backend} unavailable here")
     calls = []
-    monkeypatch.setattr(cac, "kernels", lambda name: calls.append(name))
+    for module in (cac, centroids):
+        monkeypatch.setattr(module, "fused", lambda name, op: calls.append(op))
     feats, labels = good_inputs()
     labels[0, 0, 0] = 99
-    with pytest.raises(ValueError, match="label value 99"):
-        csfr.ops.cac_loss(feats, labels, K, backend="cpu")
+    for call in (lambda: csfr.ops.cac_loss(feats, labels, K, backend=backend),
+                 lambda: csfr.ops.class_centroids(feats, labels, K, backend=backend)):
+        with pytest.raises(ValueError, match="label value 99"):
+            call()
     assert calls == []
 
 

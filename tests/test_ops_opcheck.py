@@ -6,6 +6,7 @@ import torch
 
 import csfr  # noqa: F401  (registers the ops)
 from csfr.ops.blend import _canonical_gate
+from csfr.ops.dispatch import _library
 
 # backends the composite ops are checked on (cuda_emulated: the CUDA kernels, executed on the CPU)
 BACKENDS = [pytest.param("cpu", id="cpu"), pytest.param("triton", id="triton"),
@@ -41,31 +42,36 @@ def _kernel_cases():
 KERNEL_CASES = {name: (op, args) for name, op, args in _kernel_cases()}
 
 
-def _fused_cases():
-    """The fused ops (C++ autograd) and their backwards, on fp32 and fp16 features."""
+def _fused_cases(lib):
+    """The fused ops of library `lib` (csfr: C++ autograd; csfr_triton: Triton's) and their backwards, on
+    fp32 and fp16 features."""
     for dtype in (torch.float32, torch.float16):
         feats, labels = _segment_inputs(dtype, requires_grad=True)
-        yield f"cac_loss_{dtype}", torch.ops.csfr.cac_loss.default, (feats, labels, 4, 0.1, 1.0, 0.3, 0.7, 255)
-        _, _, state = torch.ops.csfr.cac_loss(feats.detach(), labels, 4, 0.1, 1.0, 0.3, 0.7, 255)
+        yield f"cac_loss_{dtype}", lib.cac_loss.default, (feats, labels, 4, 0.1, 1.0, 0.3, 0.7, 255)
+        _, _, state = lib.cac_loss(feats.detach(), labels, 4, 0.1, 1.0, 0.3, 0.7, 255)
         for given in ("loss", "terms", "both"):
             grad_loss = torch.tensor(1.5) if given != "terms" else None
             grad_terms = torch.tensor([0.2, -0.4]) if given != "loss" else None
-            yield f"cac_loss_backward_{given}_{dtype}", torch.ops.csfr.cac_loss_backward.default, \
+            yield f"cac_loss_backward_{given}_{dtype}", lib.cac_loss_backward.default, \
                 (grad_loss, grad_terms, feats.detach(), labels, state, 4, 0.3, 0.7, 255)
-        yield f"class_centroids_fused_{dtype}", torch.ops.csfr.class_centroids_fused.default, (feats, labels, 4, 255)
-        _, _, state = torch.ops.csfr.class_centroids_fused(feats.detach(), labels, 4, 255)
+        yield f"class_centroids_fused_{dtype}", lib.class_centroids_fused.default, (feats, labels, 4, 255)
+        _, _, state = lib.class_centroids_fused(feats.detach(), labels, 4, 255)
         grad_mu = torch.randn(2, 4, 5, dtype=dtype)
         for kind, grad in (("dense", grad_mu), ("broadcast", torch.ones((), dtype=dtype).expand(2, 4, 5))):
             yield f"class_centroids_fused_backward_{kind}_{dtype}", \
-                torch.ops.csfr.class_centroids_fused_backward.default, (grad, feats.detach(), labels, state, 4, 255)
+                lib.class_centroids_fused_backward.default, (grad, feats.detach(), labels, state, 4, 255)
 
 
-FUSED_CASES = {name: (op, args) for name, op, args in _fused_cases()}
+FUSED_NAMES = [name for name, *_ in _fused_cases(torch.ops.csfr)]
 
 
-@pytest.mark.parametrize("case", list(FUSED_CASES))
-def test_fused_ops(case):
-    op, args = FUSED_CASES[case]
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("case", FUSED_NAMES)
+def test_fused_ops(backend, case):
+    if backend == "triton":
+        pytest.importorskip("triton", reason="triton is not installed")
+    lib = _library(backend)
+    op, args = next((op, args) for name, op, args in _fused_cases(lib) if name == case)
     torch.library.opcheck(op, args)
 
 
@@ -88,13 +94,7 @@ def test_cpu_kernel_ops(case):
 
 
 def _composite_cases(backend):
-    feats, labels = _segment_inputs(requires_grad=True)
     ops = torch.ops.csfr
-    yield "cac_loss_terms", ops.cac_loss_terms.default, (feats, labels, 4, 0.1, 1.0, 255, backend)
-    yield "class_centroids", ops.class_centroids.default, (feats, labels, 4, 255, backend)
-    g = torch.randn(2, 4, 5)
-    mu, coef, a = torch.randn(2, 4, 5), torch.rand(2, 24), torch.rand(2, 4)
-    yield "feature_grad", ops.feature_grad.default, (feats.detach(), labels, g, 255, backend, mu, coef, a)
     x, s = (torch.randn(2, 6, 3, 4, requires_grad=True) for _ in range(2))
     for kind, shape in (("full", (2, 6, 3, 4)), ("pixel", (2, 1, 3, 4)), ("channel", (2, 6, 1, 1))):
         gate = _canonical_gate(x, torch.randn(shape)).requires_grad_(True)

@@ -39,8 +39,9 @@ def _inputs():
 
 
 # fused backends (the torch reference is not the GPU hot path; its one_hot reads on the host on
-# CPU tensors only); cuda_emulated is the CUDA code path, whose kernels check the labels
-FUSED = ["cpu", "cuda_emulated"]
+# CPU tensors only); cuda_emulated is the CUDA code path, whose kernels check the labels; triton runs in its
+# interpreter here
+FUSED = ["cpu", "cuda_emulated", "triton"]
 
 
 @pytest.mark.parametrize("backend", FUSED)

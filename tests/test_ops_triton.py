@@ -5,6 +5,8 @@ one class (the register-reduction path), mixed tiles (the per-element atomics), 
 ignore labels, absent classes and all-ignore images.
 """
 
+import itertools
+
 import pytest
 import torch
 from opcases import GATES, compare_all_ops, compare_gated_blend, make_labels, run_cac
@@ -105,3 +107,57 @@ def test_csfr_triton_config_pins_one_configuration(monkeypatch):
     monkeypatch.setenv("CSFR_TRITON_CONFIG", "fast")
     with pytest.raises(ValueError, match="CSFR_TRITON_CONFIG must be a configuration index"):
         tuning.configs(blocks, {"BLOCK_N": 16})
+
+
+CAC_PARTS = ("sums", "wsum", "counts", "hinge", "wcount", "flags", "ticket", "coef", "a", "g_inter", "row_intra",
+             "row_inter", "present", "scale", "total")  # kernels/fused_state.h's CacState, in order
+
+
+@pytest.mark.parametrize("case", ["ignore", "one_class", "all_ignore_image"])
+def test_fused_state_holds_what_the_cpu_op_holds(case):
+    """Triton's fused cac_loss fills kernels/fused_state.h's layout as the C++ op does, part by part: its
+    backward reads the state, and a part misplaced or unfilled would show in no forward value."""
+    from csfr.ops.dispatch import _library
+    from csfr.ops.layout import CacState
+
+    b, d, h, w, k = 3, 7, 5, 6, 6
+    # float64, so that the parts compare to rounding (wsum sums terms that nearly cancel); post-ReLU-like
+    feats = torch.rand(b, d, h * w, dtype=torch.float64) + 4
+    labels = make_labels(b, h, w, k, "cpu", case).reshape(b, -1).long()
+    args = (feats, labels, k, 0.1, 1.0, 0.3, 0.7, 255)
+    states = {name: _library(name).cac_loss(*args)[2] for name in ("cpu", "triton")}
+    layout = CacState(b, d, h * w, k)
+    for part, end in itertools.pairwise(CAC_PARTS):
+        piece = {name: st[getattr(layout, part):getattr(layout, end)] for name, st in states.items()}
+        torch.testing.assert_close(piece["triton"], piece["cpu"], rtol=1e-9, atol=1e-9, msg=lambda m, p=part: f"{p}: {m}")
+
+
+def test_a_bad_label_makes_the_fused_ops_nan():
+    """On a GPU the Triton ops cannot raise without reading back: a label outside [0, K) that is not ignored
+    makes the loss, the terms and the means NaN (segment_sum flags it). The ops are called directly here,
+    past the operators' host checks."""
+    from csfr.ops.dispatch import _library
+
+    lib = _library("triton")
+    feats, labels = torch.randn(2, 4, 10), torch.randint(0, 3, (2, 10))
+    loss, terms, _ = lib.cac_loss(feats, labels, 3, 0.1, 1.0, 1.0, 1.0, 255)
+    mu, _, _ = lib.class_centroids_fused(feats, labels, 3, 255)
+    assert loss.isfinite() and terms.isfinite().all() and mu.isfinite().all()
+    labels[1, 4] = 3
+    loss, terms, _ = lib.cac_loss(feats, labels, 3, 0.1, 1.0, 1.0, 1.0, 255)
+    mu, _, _ = lib.class_centroids_fused(feats, labels, 3, 255)
+    assert loss.isnan() and terms.isnan().all() and mu.isnan().all()
+
+
+def test_a_non_finite_class_sum_is_flagged():
+    """The class part flags a non-finite class sum in the state, which makes the terms NaN: on a GPU NaN need
+    not reach them by itself (max(NaN, 0) is 0 in PTX), so the flag is checked here, not only the terms."""
+    from csfr.ops.dispatch import _library
+    from csfr.ops.layout import FLAG_NON_FINITE, CacState
+
+    feats, labels = torch.randn(2, 4, 10), torch.randint(0, 3, (2, 10))
+    flag = CacState(2, 4, 10, 3).flags + FLAG_NON_FINITE
+    assert _library("triton").cac_loss(feats, labels, 3, 0.1, 1.0, 1.0, 1.0, 255)[2][flag] == 0
+    feats[1, 2, 6] = float("inf")
+    loss, _, state = _library("triton").cac_loss(feats, labels, 3, 0.1, 1.0, 1.0, 1.0, 255)
+    assert state[flag] == 1 and loss.isnan()

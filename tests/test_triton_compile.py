@@ -36,8 +36,8 @@ def _check(proc, rows):
                                                           f"{r['arch']}: {r['error']}" for r in failed)
     assert all(r["shared"] <= r["limit"] for r in rows)
     kernels = {r["kernel"] for r in rows}
-    assert kernels == {"segment_sum", "cac_pixel_pass", "pixel_grad", "class_sums", "blend_forward",
-                       "blend_backward"}
+    assert kernels == {"segment_sum", "cac_pixel_pass", "pixel_grad", "class_sums", "cac_class_part", "cac_finish",
+                       "cac_grad", "centroid_means", "centroid_grad", "blend_forward", "blend_backward"}
     assert {r["arch"] for r in rows} == {"sm_80", "sm_90"}
 
 
@@ -48,7 +48,7 @@ def test_representative_configurations_compile(tmp_path):
 @pytest.mark.slow
 def test_every_configuration_compiles(tmp_path, request):
     if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("840 compiles (about 45 minutes cold on 2 cores): run with `pytest -m slow`")
+        pytest.skip("1488 compiles (about 9 minutes with a warm cache, more cold, on 2 cores): run with `pytest -m slow`")
     proc, rows = _compile(tmp_path, "--all")
     _check(proc, rows)
     assert {r["dtype"] for r in rows} == {"fp32", "fp16", "bf16", "fp64"}

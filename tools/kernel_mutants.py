@@ -1,9 +1,10 @@
-"""Plants bugs in the CUDA kernels and checks that the emulated tests catch each (docs/cuda.md).
+"""Plants bugs in the CUDA kernels and the Triton fused ops, and checks that the tests catch each (docs/cuda.md).
 
-Each mutant is one textual change to a file of kernels/. The committed tree is copied to a work
-folder (with the built csfr/_C extension), the change is made there, and the emulated tests run
-(`tests/test_ops_emulated.py tests/test_emulation.py`, stopping at the first failure). A mutant the
-tests do not catch is a gap in the tests. Takes ~10 minutes on 2 cores; not part of `make test`.
+Each mutant is one textual change to a file of kernels/ or csfr/ops/triton/. The committed tree is copied to a
+work folder (with the built csfr/_C extension), the change is made there, and the tests of that code run,
+stopping at the first failure: the emulated tests for a CUDA kernel (`TESTS`), the interpreter's for a
+Triton one (`TRITON_TESTS`). A mutant the tests do not catch is a gap in the tests. Takes ~15 minutes
+on 2 cores; not part of `make test`.
 
     python tools/kernel_mutants.py                 # all mutants
     python tools/kernel_mutants.py --list
@@ -23,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ["tests/test_ops_emulated.py", "tests/test_emulation.py", "tests/test_ops_label_dtypes.py"]
+TRITON_TESTS = ["tests/test_ops_triton.py", "tests/test_ops_host_cost.py"]
 
 # name -> (file, original text, planted text)
 MUTANTS = {
@@ -84,6 +86,25 @@ MUTANTS = {
         "kernels/pixel_grad.cu", "from_acc<T>(to_acc(g[c * sd]) * inv)", "from_acc<T>(to_acc(g[c * sd]))"),
     "fused segment_sum flags no bad label": (
         "kernels/segment_sum.cu", "if (bad_label && k < 0 && i < N && yb[i] != ignore) *bad_label = A(1);", ""),
+    # the Triton fused ops (csfr/ops/triton/)
+    "Triton class part halves the inter gradient": (
+        "csfr/ops/triton/cac_loss.py", "scale = -4.0 * has_inter", "scale = -2.0 * has_inter"),
+    "Triton intra factor misses 1 / n_a": (
+        "csfr/ops/triton/cac_loss.py", "factor = has_intra * inv_n * inv_a", "factor = has_intra * inv_n"),
+    "Triton finish counts one-class images for the inter term": (
+        "csfr/ops/triton/cac_loss.py", "n_inter += tl.where(present >= 2.0", "n_inter += tl.where(present >= 1.0"),
+    "Triton gradient drops the through-the-mean term": (
+        "csfr/ops/triton/cac_loss.py", " - (ak * inv)[None, :] * wsum", ""),
+    "Triton class part flags no non-finite sum": (
+        "csfr/ops/triton/cac_loss.py", "tl.store(st_ptr + flags_off + _NON_FINITE, 1.0)", "pass"),
+    "Triton means ignore the bad-label flag": (
+        "csfr/ops/triton/centroids.py", 'inv = tl.where(tl.load(st_ptr + flag_off) != 0, float("nan"), inv)', "pass"),
+    "Triton centroid gradient skips the count": (
+        "csfr/ops/triton/centroids.py", "(grad * inv[None, :])", "(grad)"),
+    "Triton segment_sum flags no bad label": (
+        "csfr/ops/triton/segment.py", "        _flag_bad_labels(flag_ptr, pix, y, N, K, ignore_index)\n", "        pass\n"),
+    "Triton pixel pass reads the sums as means": (
+        "csfr/ops/triton/segment.py", "other=0) * scale\n        sq +=", "other=0)\n        sq +="),
 }
 
 
@@ -107,7 +128,8 @@ def run(names: list[str], work: Path) -> dict[str, str | None]:
             raise SystemExit(f"kernel_mutants: {name!r}: the text to change is not found once in {rel}")
         path.write_text(original.replace(old, new))
         try:
-            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *TESTS],
+            tests = TRITON_TESTS if rel.startswith("csfr/ops/triton/") else TESTS
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
                                   cwd=work, env={**os.environ, "PYTHONPATH": str(work)}, capture_output=True,
                                   text=True, check=False)
         finally:

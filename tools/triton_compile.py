@@ -26,12 +26,14 @@ import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from csfr.ops.triton import blend, segment
+from csfr.ops.triton import blend, cac_loss, centroids, segment
 from csfr.ops.triton.tuning import WARPS
 
 ARCHS = {80: 163 * 1024, 90: 227 * 1024}  # opt-in shared memory per block, bytes
 DTYPES = {"fp32": tl.float32, "fp16": tl.float32, "bf16": tl.float32, "fp64": tl.float64}  # data -> acc
-INTS = ("D", "N", "K", "C", "ignore_index", "d_bucket", "n_bucket", "k_bucket", "c_bucket")
+INTS = ("B", "D", "N", "K", "C", "ignore_index", "d_bucket", "n_bucket", "k_bucket", "c_bucket", "terms_stride",
+        "s_b", "s_k", "s_d")  # and every state offset, *_off
+FLOATS = ("delta_v", "delta_d", "w_intra", "w_inter")
 
 
 def _signature(fn, pointers: dict[str, str], dtype: str) -> dict[str, str]:
@@ -45,9 +47,9 @@ def _signature(fn, pointers: dict[str, str], dtype: str) -> dict[str, str]:
             sig[name] = "constexpr"
         elif name.endswith("_ptr"):
             sig[name] = "*" + types[pointers.get(name, "A")]
-        elif name in INTS:
+        elif name in INTS or name.endswith("_off"):
             sig[name] = "i32"
-        elif name == "delta_v":
+        elif name in FLOATS:
             sig[name] = "fp32"
         else:
             raise ValueError(f"{fn.__name__}: no type for argument {name!r}")
@@ -64,20 +66,35 @@ def _specs():
     tile_configs = _every_tile(segment.TILE_BLOCKS)
     det_tile = [(dict(segment.DETERMINISTIC_TILE), 4)]
     data = {"feats_ptr": "T", "labels_ptr": "i64"}
-    yield "segment_sum", segment._segment_sum_kernel.fn, data, {}, tile_configs
-    yield "cac_pixel_pass", segment._cac_pixel_pass_kernel.fn, data, {"PER_PIXEL": False}, tile_configs
-    yield "cac_pixel_pass", segment._cac_pixel_pass_kernel.fn, data, {"PER_PIXEL": True}, det_tile
+    for flag in (False, True):  # True: the fused ops' launch, flagging bad labels
+        yield "segment_sum", segment._segment_sum_kernel.fn, data, {"FLAG": flag}, tile_configs
+    for from_sums in (False, True):  # True: the fused cac_loss's launch, means formed from the sums
+        yield "cac_pixel_pass", segment._cac_pixel_pass_kernel.fn, data, \
+            {"PER_PIXEL": False, "FROM_SUMS": from_sums}, tile_configs
+        yield "cac_pixel_pass", segment._cac_pixel_pass_kernel.fn, data, \
+            {"PER_PIXEL": True, "FROM_SUMS": from_sums}, det_tile
     grad = {**data, "out_ptr": "T"}
     for direct in (False, True):
         yield "pixel_grad", segment._pixel_grad_kernel.fn, grad, {"DIRECT": direct}, tile_configs
     # deterministic class sums: BLOCK_K = bucket(max(K, 16)); K <= 256 covers every preset (K <= 171)
     sums = [({"BLOCK_N": 32, "BLOCK_D": max(16, min(32, 8192 // k)), "BLOCK_K": k}, 4) for k in (16, 256)]
-    yield "class_sums", segment._class_sums_kernel, {"src_ptr": "T", "labels_ptr": "i64"}, \
-        {"WEIGHTED": False, "COUNT": True}, sums
-    yield "class_sums", segment._class_sums_kernel, {"src_ptr": "A", "labels_ptr": "i64"}, \
-        {"WEIGHTED": False, "COUNT": False}, sums
-    yield "class_sums", segment._class_sums_kernel, {"src_ptr": "T", "labels_ptr": "i64"}, \
-        {"WEIGHTED": True, "COUNT": False}, sums
+    plain = {"WEIGHTED": False, "FROM_SUMS": False, "COUNT": False, "FLAG": False}
+    for src, variant in (("T", {"COUNT": True}), ("T", {"COUNT": True, "FLAG": True}), ("A", {}),
+                         ("T", {"WEIGHTED": True}), ("T", {"WEIGHTED": True, "FROM_SUMS": True})):
+        yield "class_sums", segment._class_sums_kernel, {"src_ptr": src, "labels_ptr": "i64"}, \
+            {**plain, **variant}, sums
+    # the fused cac_loss: the class part at the presets' K (19 and 150, D = 512), its finish, the gradient
+    parts = [(dict(zip(("BLOCK_K", "BLOCK_D"), cac_loss.class_blocks(k, 512))), 4) for k in (19, 150)]
+    yield "cac_class_part", cac_loss._class_part_kernel, {}, {}, parts
+    yield "cac_finish", cac_loss._finish_kernel, {}, {}, [({"BLOCK_B": 16, "BLOCK_K": 64}, 4)]
+    for has_loss, has_terms in ((True, False), (False, True), (True, True)):
+        yield "cac_grad", cac_loss._grad_kernel.fn, grad, {"HAS_LOSS": has_loss, "HAS_TERMS": has_terms}, \
+            tile_configs
+    # the fused class_centroids: the means (in the features' dtype, int64 counts) and the gradient
+    yield "centroid_means", centroids._means_kernel, {"mu_ptr": "T", "counts_ptr": "i64"}, {}, \
+        [({"BLOCK_K": 16, "BLOCK_D": 64}, 4)]
+    yield "centroid_grad", centroids._grad_kernel.fn, {"grad_ptr": "T", "labels_ptr": "i64", "out_ptr": "T"}, {}, \
+        tile_configs
     blend_configs = _every_tile(blend.BLOCKS)
     xs = {"x_ptr": "T", "s_ptr": "T", "g_ptr": "T", "z_ptr": "T"}
     for mode in (blend.FULL, blend.PIXEL, blend.CHANNEL):

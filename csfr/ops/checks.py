@@ -49,10 +49,10 @@ def host_checks(t: Tensor) -> bool:
 
 
 def fused_host_checks(backend: str, labels: Tensor) -> bool:
-    """Whether a fused C++ op's values are checked on the host around it: on the cpu backend's CPU
-    tensors, eagerly. The CUDA code path (cuda, and cuda_emulated standing in for it on CPU tensors)
-    checks labels in its kernels instead and reads nothing back."""
-    return backend == "cpu" and host_checks(labels) and not torch.compiler.is_compiling()
+    """Whether a fused op's values are checked on the host around it: on CPU tensors (the cpu backend, and
+    Triton's interpreter), eagerly. The CUDA code path (cuda, and cuda_emulated standing in for it on CPU
+    tensors) checks labels in its kernels instead and reads nothing back, as Triton does on a GPU."""
+    return backend != "cuda_emulated" and host_checks(labels) and not torch.compiler.is_compiling()
 
 
 def check_label_values(labels: Tensor, num_classes: int, ignore_index: int, op: str) -> None:
@@ -86,21 +86,6 @@ class NonFiniteFeatures(ValueError):
 
 def _non_finite(op: str, image: int, cls: int) -> NonFiniteFeatures:
     return NonFiniteFeatures(f"{op}: features contain NaN or Inf (first in image {image}, in pixels of class {cls})")
-
-
-def check_finite_sums(sums: Tensor, op: str) -> None:
-    """Class sums [B,K,D] are finite iff every counted feature is: the fused backends' check.
-    On device tensors it does nothing: `nan_unless_finite` makes the result NaN instead."""
-    if host_checks(sums) and not bool(torch.isfinite(sums).all()):
-        bad = (~torch.isfinite(sums)).nonzero()[0]
-        raise _non_finite(op, int(bad[0]), int(bad[1]))
-
-
-def nan_unless_finite(values: Tensor, sums: Tensor) -> Tensor:
-    """`values`, or NaN where any class sum is not finite (device tensors; the host raised already)."""
-    if host_checks(sums):
-        return values
-    return torch.where(torch.isfinite(sums).all(), values, torch.nan)
 
 
 def check_finite_features(feats: Tensor, labels: Tensor, ignore_index: int, op: str) -> None:

@@ -97,20 +97,24 @@ def kernels(name: str) -> SimpleNamespace:
 
 
 def _library(name: str):
-    """The op namespace of a C++ backend: torch.ops.csfr, or the emulated one (built and loaded on first use)."""
+    """The op namespace of a backend: torch.ops.csfr, the emulated one (built and loaded on first use), or
+    Triton's fused ops (csfr.ops.triton.library, registered on first use)."""
     if name == "cuda_emulated":
         from csfr.ops import emulation
         emulation.load()
         return torch.ops.csfr_emulated
+    if name == "triton":
+        import csfr.ops.triton.library  # noqa: F401  (registers torch.ops.csfr_triton)
+        return torch.ops.csfr_triton
     return torch.ops.csfr
 
 
-FUSED_OPS = ("cpu", "cuda", "cuda_emulated")  # backends whose cac_loss and class_centroids are one op each
+FUSED_OPS = ("cpu", "cuda", "cuda_emulated", "triton")  # backends whose cac_loss and class_centroids are one op each
 
 
 def fused(name: str, op: str):
-    """Op `op` (cac_loss or class_centroids_fused) of a backend in FUSED_OPS, its backward in C++.
-    Not cached, so torch.compile traces it to the op itself."""
+    """Op `op` (cac_loss or class_centroids_fused) of a backend in FUSED_OPS, its backward an op of its own
+    (in C++ on the C++ backends). Not cached, so torch.compile traces it to the op itself."""
     return getattr(_library(name), op)
 
 

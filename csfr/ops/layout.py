@@ -30,12 +30,49 @@ def flat_labels(labels: Tensor) -> Tensor:
     return labels.reshape(labels.shape[0], -1).long().contiguous()
 
 
+class CacState:
+    """Offsets into the fused cac_loss op's state buffer: kernels/fused_state.h's CacState, which is its one
+    home and says what each part holds (the Triton backend fills the same layout as the C++ ones; a test holds
+    the totals equal and the parts alike)."""
+
+    def __init__(self, b: int, d: int, n: int, k: int):
+        self.B, self.D, self.N, self.K = b, d, n, k
+        bk, bkd = b * k, b * k * d
+        self.sums, self.wsum, self.counts = 0, bkd, 2 * bkd
+        self.hinge = self.counts + bk
+        self.wcount = self.hinge + bk
+        self.flags = self.wcount + bk
+        self.ticket = self.flags + 2
+        self.cleared = self.ticket + 1
+        self.coef = self.cleared
+        self.a = self.coef + b * n
+        self.g_inter = self.a + bk
+        self.row_intra = self.g_inter + bkd
+        self.row_inter = self.row_intra + bk
+        self.present = self.row_inter + bk
+        self.scale = self.present + b
+        self.total = self.scale + 2
+
+
+class CentroidState:
+    """Offsets into the fused class_centroids op's state: kernels/fused_state.h's CentroidState."""
+
+    def __init__(self, b: int, d: int, k: int):
+        self.B, self.D, self.K = b, d, k
+        self.sums, self.counts = 0, b * k * d
+        self.flag = self.counts + b * k
+        self.ticket = self.flag + 1
+        self.total = self.ticket + b
+
+
+FLAG_BAD_LABEL, FLAG_NON_FINITE = 0, 1  # flags[] entries, as kFlagBadLabel and kFlagNonFinite
+
+
 def cac_state_size(b: int, d: int, n: int, k: int) -> int:
-    """Elements of the fused cac_loss op's state buffer: kernels/fused_state.h's CacState.total(), which
-    is its one home (a test holds the two equal)."""
-    return 3 * b * k * d + 6 * b * k + b * n + b + 5
+    """Elements of the fused cac_loss op's state buffer (CacState.total)."""
+    return CacState(b, d, n, k).total
 
 
 def centroid_state_size(b: int, d: int, k: int) -> int:
-    """Elements of the fused class_centroids op's state: kernels/fused_state.h's CentroidState.total()."""
-    return b * k * d + b * k + 1 + b
+    """Elements of the fused class_centroids op's state (CentroidState.total)."""
+    return CentroidState(b, d, k).total

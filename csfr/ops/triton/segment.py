@@ -9,7 +9,10 @@ read is served from L1/L2, so the operator stays at two passes over the features
 Deterministic mode (torch.use_deterministic_algorithms(True)) replaces the atomics: one
 program per (image, channel block) walks the pixel tiles in order and accumulates the class
 sums as a one-hot matrix product in registers (`_class_sums_kernel`), with fixed block sizes.
-Labels outside [0, K) are treated as ignored (on a GPU they are checked asynchronously).
+Labels outside [0, K) are treated as ignored. For the fused ops (csfr.ops.triton.cac_loss and
+.centroids) the kernels also write into given buffers (parts of the op's state), segment_sum sets a flag
+when it meets a label outside [0, K) that is not ignore_index, and the means may come as the class sums
+with their counts (`counts=`): each mean is then formed where read, sums / max(n, 1).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ DETERMINISTIC_TILE = {"BLOCK_N": 32, "BLOCK_D": 32}
 
 
 @triton.jit
-def _pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N: tl.constexpr):
+def pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N: tl.constexpr):
     """This program's image b (int64: offsets may pass 2**31 on large batches), its pixel indices,
     their labels and which of them count."""
     b = tl.program_id(0).to(tl.int64)
@@ -65,12 +68,32 @@ def _add_rows_by_class(dst_ptr, base, ch, D, y, valid, uniform, values, ACC: tl.
                       mask=(ch[:, None] < D) & valid[None, :])
 
 
+@triton.jit
+def _flag_bad_labels(flag_ptr, pix, y, N, K, ignore_index):
+    """flag[0] = 1 if a label of the tile is outside [0, K) and is not ignore_index (each writer stores 1)."""
+    bad = (pix < N) & (y != ignore_index) & ((y < 0) | (y >= K))
+    if tl.max(bad.to(tl.int32), 0) > 0:
+        tl.store(flag_ptr, 1.0)
+
+
+@triton.jit
+def _mean_scale(counts_ptr, b, y, K, valid, FROM_SUMS: tl.constexpr, ACC: tl.constexpr):
+    """The factor turning a row of mu into the class mean: 1 / max(n_y, 1) when mu holds the class sums
+    (FROM_SUMS), else 1."""
+    if FROM_SUMS:
+        n = tl.load(counts_ptr + b * K + y, mask=valid, other=1).to(ACC)
+        return 1.0 / tl.maximum(n, 1.0)
+    return tl.full(y.shape, 1.0, ACC)
+
+
 @triton.autotune(configs=_TILE_CONFIGS, key=_TILE_KEY, reset_to_zero=["sums_ptr", "counts_ptr"])
 @triton.jit
-def _segment_sum_kernel(feats_ptr, labels_ptr, sums_ptr, counts_ptr, D, N, K, ignore_index,
-                        d_bucket, n_bucket, k_bucket,
+def _segment_sum_kernel(feats_ptr, labels_ptr, sums_ptr, counts_ptr, flag_ptr, D, N, K, ignore_index,
+                        d_bucket, n_bucket, k_bucket, FLAG: tl.constexpr,
                         ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    b, pix, y, valid = _pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N)
+    b, pix, y, valid = pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N)
+    if FLAG:
+        _flag_bad_labels(flag_ptr, pix, y, N, K, ignore_index)
     uniform = _tile_class(y, valid)
     y = tl.where(valid, y, 0)
     _add_by_class(counts_ptr, b * K, y, valid, uniform, tl.where(valid, 1.0, 0.0), ACC)
@@ -82,12 +105,14 @@ def _segment_sum_kernel(feats_ptr, labels_ptr, sums_ptr, counts_ptr, D, N, K, ig
 
 
 @triton.jit
-def _class_sums_kernel(src_ptr, labels_ptr, coef_ptr, mu_ptr, out_ptr, counts_ptr, D, N, K, ignore_index,
-                       WEIGHTED: tl.constexpr, COUNT: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+def _class_sums_kernel(src_ptr, labels_ptr, coef_ptr, mu_ptr, mu_counts_ptr, out_ptr, counts_ptr, flag_ptr, D, N,
+                       K, ignore_index, WEIGHTED: tl.constexpr, FROM_SUMS: tl.constexpr, COUNT: tl.constexpr,
+                       FLAG: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
     """Deterministic class sums of this program's channel block: out[b, k, ch] = sum_{i in k} src_i[ch]
-    (WEIGHTED: coef_i (src_i[ch] - mu_k[ch])), counts[b, k] = n_k (COUNT). The pixel tiles are
-    visited in order and summed as onehot [K, tile] @ src [tile, ch]: no atomics, a fixed order."""
+    (WEIGHTED: coef_i (src_i[ch] - mu_k[ch]), mu from sums and mu_counts if FROM_SUMS), counts[b, k] = n_k
+    (COUNT; with FLAG, bad labels flagged too). The pixel tiles are visited in order and summed as
+    onehot [K, tile] @ src [tile, ch]: no atomics, a fixed order."""
     b = tl.program_id(0).to(tl.int64)
     ch = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     ks = tl.arange(0, BLOCK_K)
@@ -96,12 +121,16 @@ def _class_sums_kernel(src_ptr, labels_ptr, coef_ptr, mu_ptr, out_ptr, counts_pt
     for n0 in range(0, N, BLOCK_N):
         pix = n0 + tl.arange(0, BLOCK_N)
         y = tl.load(labels_ptr + b * N + pix, mask=pix < N, other=ignore_index)
+        if FLAG:  # noqa: SIM102 (FLAG is a compile-time constant; the program id is not)
+            if tl.program_id(1) == 0:
+                _flag_bad_labels(flag_ptr, pix, y, N, K, ignore_index)
         valid = (pix < N) & (y != ignore_index) & (y >= 0) & (y < K)
         y = tl.where(valid, y, 0)
         mask = valid[:, None] & (ch[None, :] < D)
         f = tl.load(src_ptr + (b * D + ch[None, :]) * N + pix[:, None], mask=mask, other=0).to(ACC)
         if WEIGHTED:
-            m = tl.load(mu_ptr + (b * K + y[:, None]) * D + ch[None, :], mask=mask, other=0)
+            scale = _mean_scale(mu_counts_ptr, b, y, K, valid, FROM_SUMS, ACC)
+            m = tl.load(mu_ptr + (b * K + y[:, None]) * D + ch[None, :], mask=mask, other=0) * scale[:, None]
             c = tl.load(coef_ptr + b * N + pix, mask=valid, other=0)
             f = c[:, None] * (f - m)
         onehot = tl.where((ks[:, None] == y[None, :]) & valid[None, :], 1.0, 0.0).to(ACC)
@@ -114,52 +143,67 @@ def _class_sums_kernel(src_ptr, labels_ptr, coef_ptr, mu_ptr, out_ptr, counts_pt
             tl.store(counts_ptr + b * K + ks, cnt, mask=ks < K)
 
 
-def _class_sums(src, labels, k: int, ignore_index: int, coef=None, mu=None, counts=None):
-    """Launches `_class_sums_kernel`: [B,K,D] class sums of src [B,D,N] (weighted if coef and mu)."""
+def _class_sums(src, labels, k: int, ignore_index: int, coef=None, mu=None, mu_counts=None, counts=None,
+                flag=None, out=None):
+    """Launches `_class_sums_kernel`: [B,K,D] class sums of src [B,D,N] (weighted if coef and mu), into out
+    if given."""
     b, d, n = src.shape
-    out = src.new_empty(b, k, d, dtype=acc_dtype(src.dtype))
+    if out is None:
+        out = src.new_empty(b, k, d, dtype=acc_dtype(src.dtype))
     block_k = bucket(max(k, 16))
     block_d = max(16, min(32, 8192 // block_k))  # keeps the [K, D] accumulator within registers
     weighted = coef is not None
     _class_sums_kernel[(b, triton.cdiv(d, block_d))](
-        src, labels, coef if weighted else out, mu if weighted else out, out,
-        counts if counts is not None else out, d, n, k, ignore_index, WEIGHTED=weighted,
-        COUNT=counts is not None, ACC=tl_acc(src.dtype), BLOCK_N=32, BLOCK_D=block_d, BLOCK_K=block_k)
+        src, labels, coef if weighted else out, mu if weighted else out,
+        mu_counts if mu_counts is not None else out, out, counts if counts is not None else out,
+        flag if flag is not None else out, d, n, k, ignore_index, WEIGHTED=weighted, FROM_SUMS=mu_counts is not None,
+        COUNT=counts is not None, FLAG=flag is not None, ACC=tl_acc(src.dtype), BLOCK_N=32, BLOCK_D=block_d,
+        BLOCK_K=block_k)
     return out
 
 
-def segment_sum(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int):
+def segment_sum(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int, *,
+                out: tuple[torch.Tensor, torch.Tensor] | None = None, flag: torch.Tensor | None = None):
+    """Class sums [B,K,D] and counts [B,K] of feats [B,D,N] by labels [B,N] (the kernel contract).
+    out: zeroed (sums, counts) buffers to fill instead of new ones; flag: a [1] buffer set to 1 if a label is
+    outside [0, K) and not ignore_index."""
     b, d, n = feats.shape
     acc = acc_dtype(feats.dtype)
-    sums = feats.new_zeros(b, num_classes, d, dtype=acc)
-    counts = feats.new_zeros(b, num_classes, dtype=acc)
+    if out is None:
+        out = feats.new_zeros(b, num_classes, d, dtype=acc), feats.new_zeros(b, num_classes, dtype=acc)
+    sums, counts = out
     if b * n == 0:
         return sums, counts
     if deterministic():
-        return _class_sums(feats, labels, num_classes, ignore_index, counts=counts), counts
+        _class_sums(feats, labels, num_classes, ignore_index, counts=counts, flag=flag, out=sums)
+        return sums, counts
     grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]))
-    _segment_sum_kernel[grid](feats, labels, sums, counts, d, n, num_classes, ignore_index,
-                              bucket(d), bucket(n), bucket(num_classes), ACC=tl_acc(feats.dtype))
+    _segment_sum_kernel[grid](feats, labels, sums, counts, flag if flag is not None else counts, d, n, num_classes,
+                              ignore_index, bucket(d), bucket(n), bucket(num_classes), FLAG=flag is not None,
+                              ACC=tl_acc(feats.dtype))
     return sums, counts
 
 
 @triton.autotune(configs=_TILE_CONFIGS, key=_TILE_KEY, reset_to_zero=["hinge_ptr", "wsum_ptr", "wcount_ptr"])
 @triton.jit
-def _cac_pixel_pass_kernel(feats_ptr, labels_ptr, mu_ptr, delta_v, coef_ptr, hinge_ptr, wsum_ptr, wcount_ptr,
-                           D, N, K, ignore_index, d_bucket, n_bucket, k_bucket, PER_PIXEL: tl.constexpr,
-                           ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+def _cac_pixel_pass_kernel(feats_ptr, labels_ptr, mu_ptr, mu_counts_ptr, delta_v, coef_ptr, hinge_ptr, wsum_ptr,
+                           wcount_ptr, D, N, K, ignore_index, d_bucket, n_bucket, k_bucket, PER_PIXEL: tl.constexpr,
+                           FROM_SUMS: tl.constexpr, ACC: tl.constexpr, BLOCK_N: tl.constexpr,
+                           BLOCK_D: tl.constexpr):
     """PER_PIXEL (the deterministic path): only coef and the per-pixel hinge h^2 (into hinge_ptr,
-    [B, N]) are written; their class sums are taken by `_class_sums_kernel`."""
-    b, pix, y, valid = _pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N)
+    [B, N]) are written; their class sums are taken by `_class_sums_kernel`. FROM_SUMS: mu holds the
+    class sums, mu_counts their counts."""
+    b, pix, y, valid = pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N)
     uniform = _tile_class(y, valid)
     y = tl.where(valid, y, 0)
     mu_row = (b * K + y) * D
+    scale = _mean_scale(mu_counts_ptr, b, y, K, valid, FROM_SUMS, ACC)[None, :]
     sq = tl.zeros([BLOCK_N], dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
         ch = d0 + tl.arange(0, BLOCK_D)
         mask = (ch[:, None] < D) & valid[None, :]
         f = tl.load(feats_ptr + (b * D + ch[:, None]) * N + pix[None, :], mask=mask, other=0).to(ACC)
-        m = tl.load(mu_ptr + mu_row[None, :] + ch[:, None], mask=mask, other=0)
+        m = tl.load(mu_ptr + mu_row[None, :] + ch[:, None], mask=mask, other=0) * scale
         sq += tl.sum((f - m) * (f - m), 0)
     r = tl.sqrt(sq)
     h = tl.maximum(r - delta_v, 0.0)
@@ -176,33 +220,40 @@ def _cac_pixel_pass_kernel(feats_ptr, labels_ptr, mu_ptr, delta_v, coef_ptr, hin
                 ch = d0 + tl.arange(0, BLOCK_D)
                 mask = (ch[:, None] < D) & valid[None, :]
                 f = tl.load(feats_ptr + (b * D + ch[:, None]) * N + pix[None, :], mask=mask, other=0).to(ACC)
-                m = tl.load(mu_ptr + mu_row[None, :] + ch[:, None], mask=mask, other=0)
+                m = tl.load(mu_ptr + mu_row[None, :] + ch[:, None], mask=mask, other=0) * scale
                 # wsum from differences: sum coef (f - mu), exact under a large common offset
                 _add_rows_by_class(wsum_ptr, b * K * D, ch, D, y, valid, uniform, c[None, :] * (f - m), ACC)
 
 
-def cac_pixel_pass(feats, labels, mu, delta_v: float, ignore_index: int):
+def cac_pixel_pass(feats, labels, mu, delta_v: float, ignore_index: int, *, counts: torch.Tensor | None = None,
+                   out: tuple[torch.Tensor, ...] | None = None):
+    """Per pixel coef [B,N]; per class hinge [B,K], wsum [B,K,D], wcount [B,K] (the kernel contract).
+    counts: mu holds the class sums and these are their counts (the means are formed where read);
+    out: (coef, hinge, wsum, wcount) buffers to fill, the last three zeroed."""
     b, d, n = feats.shape
     k = mu.shape[1]
     acc = acc_dtype(feats.dtype)
-    coef = feats.new_zeros(b, n, dtype=acc)
-    hinge = feats.new_zeros(b, k, dtype=acc)
-    wsum = feats.new_zeros(b, k, d, dtype=acc)
-    wcount = feats.new_zeros(b, k, dtype=acc)
+    if out is None:
+        out = (feats.new_zeros(b, n, dtype=acc), feats.new_zeros(b, k, dtype=acc),
+               feats.new_zeros(b, k, d, dtype=acc), feats.new_zeros(b, k, dtype=acc))
+    coef, hinge, wsum, wcount = out
     if b * n == 0:
         return coef, hinge, wsum, wcount
     args = (d, n, k, ignore_index, bucket(d), bucket(n), bucket(k))
+    mu_counts = counts if counts is not None else mu
     if deterministic():
         hinge_px = feats.new_zeros(b, n, dtype=acc)
         _cac_pixel_pass_kernel.fn[(b, triton.cdiv(n, DETERMINISTIC_TILE["BLOCK_N"]))](
-            feats, labels, mu, float(delta_v), coef, hinge_px, wsum, wcount, *args, PER_PIXEL=True,
-            ACC=tl_acc(feats.dtype), **DETERMINISTIC_TILE)
+            feats, labels, mu, mu_counts, float(delta_v), coef, hinge_px, wsum, wcount, *args, PER_PIXEL=True,
+            FROM_SUMS=counts is not None, ACC=tl_acc(feats.dtype), **DETERMINISTIC_TILE)
         sums = _class_sums(torch.stack([hinge_px, coef], 1), labels, k, ignore_index)
-        wsum = _class_sums(feats, labels, k, ignore_index, coef=coef, mu=mu)
-        return coef, sums[..., 0].contiguous(), wsum, sums[..., 1].contiguous()
+        _class_sums(feats, labels, k, ignore_index, coef=coef, mu=mu, mu_counts=counts, out=wsum)
+        hinge.copy_(sums[..., 0])
+        wcount.copy_(sums[..., 1])
+        return coef, hinge, wsum, wcount
     grid = lambda meta: (b, triton.cdiv(n, meta["BLOCK_N"]))
-    _cac_pixel_pass_kernel[grid](feats, labels, mu, float(delta_v), coef, hinge, wsum, wcount, *args,
-                                 PER_PIXEL=False, ACC=tl_acc(feats.dtype))
+    _cac_pixel_pass_kernel[grid](feats, labels, mu, mu_counts, float(delta_v), coef, hinge, wsum, wcount, *args,
+                                 PER_PIXEL=False, FROM_SUMS=counts is not None, ACC=tl_acc(feats.dtype))
     return coef, hinge, wsum, wcount
 
 
@@ -211,7 +262,7 @@ def cac_pixel_pass(feats, labels, mu, delta_v: float, ignore_index: int):
 def _pixel_grad_kernel(feats_ptr, labels_ptr, g_ptr, mu_ptr, coef_ptr, a_ptr, out_ptr, D, N, K, ignore_index,
                        d_bucket, n_bucket, k_bucket, DIRECT: tl.constexpr, ACC: tl.constexpr,
                        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    b, pix, y, valid = _pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N)
+    b, pix, y, valid = pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N)
     ch = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     y = tl.where(valid, y, 0)
     mask = (ch[:, None] < D) & valid[None, :]
@@ -228,6 +279,7 @@ def _pixel_grad_kernel(feats_ptr, labels_ptr, g_ptr, mu_ptr, coef_ptr, a_ptr, ou
 
 
 def pixel_grad(feats, labels, g, ignore_index: int, mu=None, coef=None, a=None):
+    """dF_i = a[y_i] coef_i (f_i - mu[y_i]) + g[y_i] (the first term only if mu, coef and a are given)."""
     b, d, n = feats.shape
     out = torch.empty_like(feats)
     if out.numel():
