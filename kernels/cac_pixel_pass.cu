@@ -12,9 +12,10 @@
 //    in L2 (tens of MB), so the second read is an L2 hit, not DRAM traffic: two passes over the
 //    features cost about one DRAM read. Images are visited in reverse order of segment_sum (which runs
 //    just before) so the image segment_sum read last, still in L2, is the first one read here.
-//  - Each channel's 32 weighted values are folded per class with a warp reduction (one butterfly per
-//    distinct class in the warp, usually one), so global atomics are one per warp, class and channel;
-//    a warp of more than kButterflyClasses classes adds one atomic per lane instead (warp_class_add).
+//  - The weighted values are folded per class kC channels at a time, the lanes turned from pixels to
+//    channels (warp_segment_channels_add: 23 shuffles for 8 channels where 8 butterflies take 40), so a
+//    warp's global atomics are one per class and channel, issued by kC lanes at once to consecutive
+//    addresses; a warp of more than kButterflyClasses classes adds one atomic per lane instead.
 //  - Warps whose 32 pixels all lie within the margin (coef = 0, common once training converges) skip
 //    the second read entirely.
 // Deterministic mode (no float atomics): the kernel only writes each pixel's coef and h^2; the class
@@ -29,6 +30,7 @@ using namespace detail;
 
 constexpr int kPix = 32;
 constexpr int kGroups = 16;
+constexpr int kC = 8;  // channels a warp folds at once in the second pass (lanes 0..7 then add one each)
 // A warp of at most this many classes folds by butterflies, one of more by one global atomic per lane
 // (warp_classes_at_most); benchmarks/butterfly_tuning.cu measures the choice on a GPU.
 #ifndef CSFR_PIXEL_PASS_BUTTERFLY_CLASSES
@@ -91,9 +93,24 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
   const int kc = c != A(0) ? k : -1;  // pixels with zero weight add nothing
   const bool few = warp_classes_at_most<kButterflyClasses>(kc);
   A* ws = wsum + b * K * D;
-  for (int64_t d = grp; d < D; d += kGroups) {
-    const A v = kc >= 0 ? c * (to_acc(fi[d * N]) - mu[(b * K + kc) * D + d] * ms) : A(0);
-    warp_class_add(few, kc, v, [&](int kk, A t) { atomicAdd(ws + kk * D + d, t); });
+  const A* mk = kc >= 0 ? mu + (b * K + kc) * D : nullptr;
+  // warp grp takes channels kC at a time, [c0, c0 + kC) for c0 = grp kC, grp kC + kGroups kC, ...
+  for (int64_t c0 = static_cast<int64_t>(grp) * kC; c0 < D; c0 += kGroups * kC) {
+    A v[kC];
+#pragma unroll
+    for (int j = 0; j < kC; ++j) {
+      const int64_t d = c0 + j;
+      v[j] = kc >= 0 && d < D ? c * (to_acc(fi[d * N]) - mk[d] * ms) : A(0);
+    }
+    if (few) {
+      warp_segment_channels_add(kc, v, [&](int kk, int j, A t) {
+        if (c0 + j < D) atomicAdd(ws + kk * D + c0 + j, t);
+      });
+    } else if (kc >= 0) {
+#pragma unroll
+      for (int j = 0; j < kC; ++j)
+        if (c0 + j < D) atomicAdd(ws + kc * D + c0 + j, v[j]);
+    }
   }
 }
 

@@ -93,6 +93,50 @@ template <typename A> __device__ __forceinline__ A warp_sum(A v) {
   return v;
 }
 
+// Sum over the 32 lanes of kC values per lane (channels c0 .. c0 + kC - 1), scattered back along the lanes:
+// lane l returns the total of channel l % kC (lanes 0 .. kC - 1 then add their channel's total, one add per
+// lane to consecutive addresses, instead of one lane adding kC totals in turn). Lanes farther apart than kC
+// exchange all kC values; below that each step keeps the half of the channels the lane's bit selects and
+// sends the other half: 31 shuffles at kC = 32 where kC butterflies take 5 kC. `v` is clobbered. All lanes
+// must call; kC is a power of two <= 32.
+template <int kC, typename A>
+__device__ __forceinline__ A warp_channel_totals(A (&v)[kC]) {
+  static_assert(kC >= 1 && kC <= 32 && (kC & (kC - 1)) == 0, "kC: a power of two <= 32");
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int off = 16; off >= kC; off >>= 1)
+#pragma unroll
+    for (int c = 0; c < kC; ++c) v[c] += __shfl_xor_sync(kFullMask, v[c], off);
+#pragma unroll
+  for (int half = kC / 2; half >= 1; half >>= 1) {
+    const bool upper = (lane & half) != 0;
+#pragma unroll
+    for (int c = 0; c < half; ++c) {
+      const A send = upper ? v[c] : v[c + half];
+      v[c] = (upper ? v[c + half] : v[c]) + __shfl_xor_sync(kFullMask, send, half);
+    }
+  }
+  return v[0];
+}
+
+// Segmented warp reduction of kC channels: the lanes holding the same class k >= 0 sum their kC values `v`, and
+// lane c < kC calls add(k, c, total of channel c) for each distinct class: the adds of a class go out as one
+// warp instruction to consecutive channels, not kC in turn from one lane. All lanes must call.
+template <int kC, typename A, typename Add>
+__device__ __forceinline__ void warp_segment_channels_add(int k, const A (&v)[kC], Add add) {
+  const int lane = threadIdx.x & 31;
+  unsigned todo = __ballot_sync(kFullMask, k >= 0);
+  while (todo) {
+    const int kl = __shfl_sync(kFullMask, k, __ffs(todo) - 1);
+    A t[kC];
+#pragma unroll
+    for (int c = 0; c < kC; ++c) t[c] = k == kl ? v[c] : A(0);
+    const A total = warp_channel_totals<kC>(t);
+    if (lane < kC) add(kl, lane, total);
+    todo &= ~__ballot_sync(kFullMask, k == kl);
+  }
+}
+
 // Segmented warp reduction: lanes holding the same class k >= 0 sum `v`, and one lane per class
 // calls add(k, total). Pixels of a warp are 32 neighbours, so a warp usually holds one or two
 // classes: this costs one butterfly per distinct class instead of 32 atomics. All lanes must call.

@@ -1,14 +1,18 @@
 // segment_sum: per-image class sums of the features and class pixel counts (docs/cuda.md).
 //
 // Grid (pixel tiles, channel tiles of kDT, images). Why this shape:
-//  - A block owns kThreads * kItems pixels x kDT channels of one image. Lanes of a warp read 32
-//    neighbouring pixels of one channel row, so every load is coalesced.
+//  - A block owns kThreads * kItems pixels x kDT channels of one image (kDT = 16; 8 in deterministic mode,
+//    whose per-warp tables take 8x the shared memory). Lanes of a warp read 32 neighbouring pixels of one
+//    channel row, so every load is coalesced; a pixel's label and its warp's class vote are taken once per
+//    kDT channels. (32 channels would halve that again, but ptxas then gives a thread ~200 registers, one
+//    block per SM; 16 keeps the ~75 of the 8-channel kernel it replaces: sm_90, fp32.)
 //  - Labels are spatially coherent: a warp usually sees one class for many consecutive steps. Each
 //    thread keeps a register run (kDT partial sums) while its warp stays on one class, so the common
 //    step is a load and an add; a run is folded into the block's K x kDT shared-memory table only
-//    when the class changes, with one warp reduction per distinct class (warp_segment_add), or, when
-//    a warp holds more than kButterflyClasses classes and the table takes atomics, one shared atomic
-//    per lane.
+//    when the class changes. A fold turns the lanes from pixels to channels (warp_segment_channels_add:
+//    lane c ends with channel c's total), so its kDT adds are one per lane, to consecutive table entries;
+//    a mixed warp folds once per distinct class, or, when it holds more than kButterflyClasses classes
+//    and the table takes atomics, adds one shared atomic per lane and channel.
 //  - Only after all its pixels does the block add its non-zero table entries to global memory:
 //    K_present * kDT atomics per block instead of one per pixel.
 //  - When K x kDT does not fit in shared memory (K in the many thousands), the same code adds the
@@ -23,7 +27,9 @@ using namespace detail;
 
 constexpr int kThreads = 256;
 constexpr int kItems = 8;  // pixels per thread
-constexpr int kDT = 8;     // channels per block
+// channels per block (see the header); 8 in deterministic mode, where each warp has a table of its own
+// (K (kDT + 1) values), so that they fit in shared memory at K = 171 on sm_80
+template <bool kDet> constexpr int kChannels = kDet ? 8 : 16;
 // A mixed warp of at most this many classes folds by butterflies, one of more by one atomic per lane
 // (warp_classes_at_most); benchmarks/butterfly_tuning.cu measures the choice on a GPU.
 #ifndef CSFR_SEGMENT_SUM_BUTTERFLY_CLASSES
@@ -60,6 +66,7 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
                    int64_t D, int64_t N, int64_t K, int64_t ignore) {
   using A = acc_t<T>;
   static_assert(kShared || !kDet, "the deterministic path reduces through shared memory");
+  constexpr int kDT = kChannels<kDet>;
   const int64_t b = blockIdx.z;
   const int64_t d0 = static_cast<int64_t>(blockIdx.y) * kDT;
   const int dn = static_cast<int>(D - d0 < kDT ? D - d0 : kDT);
@@ -84,14 +91,21 @@ segment_sum_kernel(const T* __restrict__ feats, const int64_t* __restrict__ labe
     else if (kShared) atomicAdd(s_cnt + k, v);
     else atomicAdd(g_cnt + k, v);
   };
-  // fold a per-lane value of class k (warp-wide) into the table: butterflies per class when `few`
-  // (a register run's one class, the deterministic path, or at most two classes in the warp), else one
-  // atomic per lane
-  auto fold = [&](int k, const A* v, A n, bool few) {
+  // fold per-lane values of class k (-1: none) into the table: per distinct class, lanes turned to channels
+  // (warp_segment_channels_add) when `few` (a register run's one class, the deterministic path, or at most
+  // kButterflyClasses classes in the warp), else one atomic per lane and channel
+  auto fold = [&](int k, const A (&v)[kDT], A n, bool few) {
+    if (few) {
+      warp_segment_channels_add(k, v, [&](int kl, int c, A t) {
+        if (c < dn) add_sum(kl, c, t);
+      });
+      if (count) warp_segment_add(k, n, [&](int kl, A t) { add_cnt(kl, t); });
+    } else if (k >= 0) {
 #pragma unroll
-    for (int c = 0; c < kDT; ++c)
-      if (c < dn) warp_class_add(few, k, v[c], [&](int kk, A t) { add_sum(kk, c, t); });
-    if (count) warp_class_add(few, k, n, [&](int kk, A t) { add_cnt(kk, t); });
+      for (int c = 0; c < kDT; ++c)
+        if (c < dn) add_sum(k, c, v[c]);
+      if (count) add_cnt(k, n);
+    }
   };
 
   const T* fb = feats + (b * D + d0) * N;
@@ -200,7 +214,7 @@ reduce_tiles_kernel(const A* __restrict__ partial, A* __restrict__ out, int64_t 
 // them (opting in above 48 KiB).
 template <typename T, bool kDet>
 cudaError_t shared_table(int64_t K, size_t* bytes, bool* fits) {
-  *bytes = static_cast<size_t>(K) * (kDT + 1) * sizeof(acc_t<T>) * (kDet ? kWarps : 1);
+  *bytes = static_cast<size_t>(K) * (kChannels<kDet> + 1) * sizeof(acc_t<T>) * (kDet ? kWarps : 1);
   int device = 0, optin = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
@@ -236,6 +250,7 @@ cudaError_t launch(const void* feats, const int64_t* labels, const void* weight,
   if (err != cudaSuccess) return err;
   if (deterministic && (!fits || workspace == nullptr)) return cudaErrorInvalidValue;
   const int64_t tiles = (N + kThreads * kItems - 1) / (kThreads * kItems);
+  const int64_t kDT = deterministic ? kChannels<true> : kChannels<false>;
   const int64_t dtiles = D > 0 ? (D + kDT - 1) / kDT : 1;  // D = 0 still counts the pixels
   if (dtiles > kMaxGridYZ || tiles > INT32_MAX) return cudaErrorInvalidValue;
   const A* w = static_cast<const A*>(weight);

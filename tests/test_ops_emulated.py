@@ -17,14 +17,16 @@ BACKEND = "cuda_emulated"
 pytestmark = pytest.mark.skipif(emulation.why_unavailable() is not None,
                                 reason=f"CUDA emulation unavailable: {emulation.why_unavailable()}")
 
-# (B, D, h, w, K). Kernel tiles: segment_sum 2048 pixels x 8 channels, cac_pixel_pass 32 pixels x
-# 16 channel groups, pixel_grad 256 pixels x 8 channels, blend 256 pixels.
+# (B, D, h, w, K). Kernel tiles: segment_sum 2048 pixels x 16 channels (8 deterministic), cac_pixel_pass
+# 32 pixels x 16 channel groups (its second pass: rounds of 16 warps x 8 channels), pixel_grad 256 pixels x
+# 8 channels, blend 256 pixels.
 SHAPES = [
     (1, 1, 1, 1, 1),        # K = 1, one pixel
     (2, 3, 5, 7, 2),        # D < every channel tile
     (2, 19, 17, 19, 19),    # D not a multiple of 8 or 16, N of 323 (tail of a 32- and 256-pixel tile)
     (3, 9, 47, 45, 3),      # N = 2115: a second, 67-pixel segment_sum tile; B = 3
     (2, 24, 9, 11, 150),    # K = 150: most classes absent
+    (1, 140, 6, 7, 5),      # D > 128: a second round of cac_pixel_pass's 8-channel chunks, ending in a tail
 ]
 
 

@@ -86,6 +86,13 @@ MUTANTS = {
         "kernels/pixel_grad.cu", "from_acc<T>(to_acc(g[c * sd]) * inv)", "from_acc<T>(to_acc(g[c * sd]))"),
     "fused segment_sum flags no bad label": (
         "kernels/segment_sum.cu", "if (bad_label && k < 0 && i < N && yb[i] != ignore) *bad_label = A(1);", ""),
+    # the lanes turned to channels (kernels/common.cuh) and the chunked second pass of cac_pixel_pass
+    "warp_channel_totals keeps the other half": (
+        "kernels/common.cuh", "v[c] = (upper ? v[c + half] : v[c])", "v[c] = (upper ? v[c] : v[c + half])"),
+    "cac_pixel_pass second pass skips every other round of channels": (
+        "kernels/cac_pixel_pass.cu", "c0 += kGroups * kC)", "c0 += 2 * kGroups * kC)"),
+    "segment_sum drops the last channel of a tile": (
+        "kernels/segment_sum.cu", "        if (c < dn) add_sum(kl, c, t);", "        if (c < dn && c != kDT - 1) add_sum(kl, c, t);"),
     # the Triton fused ops (csfr/ops/triton/)
     "Triton class part halves the inter gradient": (
         "csfr/ops/triton/cac_loss.py", "scale = -4.0 * has_inter", "scale = -2.0 * has_inter"),
@@ -102,7 +109,8 @@ MUTANTS = {
     "Triton centroid gradient skips the count": (
         "csfr/ops/triton/centroids.py", "(grad * inv[None, :])", "(grad)"),
     "Triton segment_sum flags no bad label": (
-        "csfr/ops/triton/segment.py", "        _flag_bad_labels(flag_ptr, pix, y, N, K, ignore_index)\n", "        pass\n"),
+        "csfr/ops/triton/segment.py", "    if FLAG:\n        _flag_bad_labels(flag_ptr, pix, y, N, K, ignore_index)\n",
+        "    if FLAG:\n        pass\n"),
     "Triton pixel pass reads the sums as means": (
         "csfr/ops/triton/segment.py", "other=0) * scale\n        sq +=", "other=0)\n        sq +="),
 }
