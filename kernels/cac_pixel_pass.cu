@@ -6,7 +6,8 @@
 //  - A pixel's distance ||f_i - mu_k|| reduces over D, but features are [B, D, N] (pixel-contiguous).
 //    Warp w reads channels w, w + kGroups, ... of the 32 pixels: each load is a coalesced 32-pixel
 //    row segment, the partial squared distances stay in registers, and one shared-memory pass over
-//    kGroups partials finishes each pixel's distance. No [N, D] transpose, no second kernel.
+//    kGroups partials finishes each pixel's distance, in every warp (no serial section: warp 0 alone
+//    then writes coef and the per-class hinge sums). No [N, D] transpose, no second kernel.
 //  - The weighted sums re-read the very addresses this thread just read. The tile is kPix * D
 //    elements (64 KiB at D = 512 fp32); with a few blocks per SM the live tiles of the whole GPU fit
 //    in L2 (tens of MB), so the second read is an L2 hit, not DRAM traffic: two passes over the
@@ -47,7 +48,6 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
                       acc_t<T>* __restrict__ h2, int64_t B, int64_t D, int64_t N, int64_t K, int64_t ignore) {
   using A = acc_t<T>;
   __shared__ A partial[kGroups][kPix];
-  __shared__ A s_coef[kPix];
   const int lane = threadIdx.x, grp = threadIdx.y;
   const int64_t b = B - 1 - blockIdx.y;  // reverse image order: see the header comment
   const int64_t i = static_cast<int64_t>(blockIdx.x) * kPix + lane;
@@ -67,28 +67,27 @@ cac_pixel_pass_kernel(const T* __restrict__ feats, const int64_t* __restrict__ l
   }
   partial[grp][lane] = acc;
   __syncthreads();
-  if (grp == 0) {
-    A sq = 0;
+  // every warp finishes its pixels' distances itself (the same sum in the same order, so the same bits): no
+  // warp waits for another's atomics behind a second barrier
+  A sq = 0;
 #pragma unroll
-    for (int j = 0; j < kGroups; ++j) sq += partial[j][lane];
-    const A r = sqrt(sq);
-    const A h = k >= 0 && r > delta_v ? r - delta_v : A(0);
-    const A c = h > A(0) ? 2 * h / r : A(0);
+  for (int j = 0; j < kGroups; ++j) sq += partial[j][lane];
+  const A r = sqrt(sq);
+  const A h = k >= 0 && r > delta_v ? r - delta_v : A(0);
+  const A c = h > A(0) ? 2 * h / r : A(0);
+  if (grp == 0) {
     if (i < N) coef[b * N + i] = c;
     if (kDet) {
       if (i < N) h2[b * N + i] = h * h;
     } else {
-      s_coef[lane] = c;
       const bool few = warp_classes_at_most<kButterflyClasses>(k);
       warp_class_add(few, k, h * h, [&](int kk, A t) { atomicAdd(hinge + b * K + kk, t); });
       warp_class_add(few, k, c, [&](int kk, A t) { atomicAdd(wcount + b * K + kk, t); });
     }
   }
   if (kDet) return;  // every thread: the class sums are reduced by segment_sum_weighted
-  __syncthreads();
 
   // pass 2: wsum[k, d] += coef_i * (f_i[d] - mu_k[d]) (from differences), re-reading the tile from L1/L2
-  const A c = s_coef[lane];
   if (!__any_sync(kFullMask, c != A(0))) return;
   const int kc = c != A(0) ? k : -1;  // pixels with zero weight add nothing
   const bool few = warp_classes_at_most<kButterflyClasses>(kc);

@@ -218,3 +218,51 @@ def _rounded_gate_partials(x, s, g, dz):
     g32 = g.detach().float().requires_grad_(True)
     (bound,) = torch.autograd.grad(_canonical_gate(x, g32), g32, part.grad.abs().float())
     return bound
+
+
+def _label_kernels_reference(feats, labels, k, mu, delta_v, g, coef, a, ignore_index):
+    """The kernel contract's math (docs/kernels.md) in float64 with a one-hot: (sums, counts), (coef, hinge,
+    wsum, wcount), pixel_grad with and without its direct term. feats [B,D,N], labels [B,N]."""
+    f = feats.double()
+    valid = (labels != ignore_index) & (labels >= 0) & (labels < k)
+    onehot = torch.nn.functional.one_hot(torch.where(valid, labels, 0), k).double() * valid[..., None]  # [B,N,K]
+    sums, counts = torch.einsum("bdn,bnk->bkd", f, onehot), onehot.sum(1)
+    m = torch.einsum("bnk,bkd->bdn", onehot, mu.double())  # each pixel's centroid
+    diff = (f - m) * valid[:, None]
+    r = diff.norm(dim=1)
+    h = (r - delta_v).clamp_min(0) * valid
+    c = torch.where(r > 0, 2 * h / torch.where(r > 0, r, 1), 0)
+    pass_ = (c, torch.einsum("bn,bnk->bk", h * h, onehot), torch.einsum("bdn,bn,bnk->bkd", diff, c, onehot),
+             torch.einsum("bn,bnk->bk", c, onehot))
+    through = torch.einsum("bnk,bkd->bdn", onehot, g.double())
+    direct = torch.einsum("bnk,bk->bn", onehot, a.double()) * coef.double()
+    return (sums, counts), pass_, through + direct[:, None] * diff, through
+
+
+def compare_label_kernels(backend, dtype, shape, case="ignore", ignore_index=255, seed=0):
+    """segment_sum, cac_pixel_pass and pixel_grad of `backend`, called directly (the operators use them only
+    inside their fused ops, pixel_grad not at all on cuda and triton), against the contract's math.
+    shape = (B, D, h, w, K); post-ReLU-like features (a common offset) and centroids near them."""
+    from csfr.ops.dispatch import kernels
+
+    b, d, h, w, k = shape
+    n = h * w
+    gen = torch.Generator().manual_seed(seed)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    feats = (torch.rand(b, d, n, generator=gen) + 2).to(dtype)
+    labels = make_labels(b, h, w, k, "cpu", case, ignore_index, gen).reshape(b, n).long()
+    mu = (torch.rand(b, k, d, generator=gen) + 2).to(acc)
+    g, a = torch.randn(b, k, d, generator=gen).to(acc), torch.rand(b, k, generator=gen).to(acc)
+    coef = torch.rand(b, n, generator=gen).to(acc)
+    (sums, counts), pass_, grad, grad_through = _label_kernels_reference(feats, labels, k, mu, 0.3, g, coef, a,
+                                                                         ignore_index)
+    kern = kernels(backend)
+    got_sums, got_counts = kern.segment_sum(feats, labels, k, ignore_index)
+    assert_close(got_sums, sums.to(acc), n, "segment_sum sums")
+    assert torch.equal(got_counts.double(), counts), "segment_sum counts"
+    for name, got, want in zip(("coef", "hinge", "wsum", "wcount"), kern.cac_pixel_pass(feats, labels, mu, 0.3,
+                                                                                       ignore_index), pass_):
+        assert_close(got, want.to(acc), n + d, f"cac_pixel_pass {name}")
+    assert_close(kern.pixel_grad(feats, labels, g, ignore_index, mu, coef, a), grad.to(dtype), d, "pixel_grad")
+    assert_close(kern.pixel_grad(feats, labels, g, ignore_index, None, None, None), grad_through.to(dtype), 1,
+                 "pixel_grad without the direct term")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from opcases import GATES, compare_all_ops, compare_gated_blend
+from opcases import GATES, compare_all_ops, compare_gated_blend, compare_label_kernels
 
 import csfr
 from csfr.ops import reference
@@ -164,3 +164,10 @@ def test_cpu_cac_loss_allocates_no_pixel_by_class_tensor():
     control = step(reference.cac_loss)
     assert control > n_by_k
     assert fused < n_by_k / 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", ["ignore", "blocky", "all_ignore_image"])
+def test_cpu_label_kernels_match_the_contract(dtype, case):
+    """The C++ CPU label kernels called directly (the kernel contract of docs/kernels.md)."""
+    compare_label_kernels("cpu", dtype, (2, 19, 17, 19, 19), case)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from opcases import CASES, GATES, assert_close, block_labels, compare_all_ops, compare_gated_blend
+from opcases import (CASES, GATES, assert_close, block_labels, compare_all_ops, compare_gated_blend,
+                     compare_label_kernels)
 
 import csfr
 from csfr.ops import emulation
@@ -153,3 +154,17 @@ def test_deterministic_mode_gives_identical_bits_under_any_schedule(deterministi
         assert torch.equal(a, b)
     torch.use_deterministic_algorithms(False)  # the control: the atomic path's bits follow the schedule
     assert not all(torch.equal(a, b) for a, b in zip(run(1), run(2)))
+
+
+@pytest.mark.parametrize("deterministic_mode", [False, True], ids=["atomics", "deterministic"])
+@pytest.mark.parametrize("case", ["ignore", "blocky"])
+@pytest.mark.parametrize("shape", [(2, 19, 17, 19, 19), (1, 140, 6, 7, 5), (2, 24, 9, 11, 150)], ids=_id)
+def test_label_kernels_match_the_contract(shape, case, deterministic_mode):
+    """The CUDA label kernels called directly: pixel_grad is no longer inside any CUDA operator (the fused ops
+    have their own gradient kernels), so only this holds it to its contract."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic_mode)
+    try:
+        compare_label_kernels(BACKEND, torch.float32, shape, case)
+    finally:
+        torch.use_deterministic_algorithms(previous)

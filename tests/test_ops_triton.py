@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 import torch
-from opcases import GATES, compare_all_ops, compare_gated_blend, make_labels, run_cac
+from opcases import GATES, compare_all_ops, compare_gated_blend, compare_label_kernels, make_labels, run_cac
 
 import csfr
 
@@ -161,3 +161,15 @@ def test_a_non_finite_class_sum_is_flagged():
     feats[1, 2, 6] = float("inf")
     loss, _, state = _library("triton").cac_loss(feats, labels, 3, 0.1, 1.0, 1.0, 1.0, 255)
     assert state[flag] == 1 and loss.isnan()
+
+
+@pytest.mark.parametrize("deterministic_mode", [False, True], ids=["atomics", "deterministic"])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7, 2), (2, 20, 9, 7, 19)], ids=lambda s: "x".join(map(str, s)))
+def test_label_kernels_match_the_contract(shape, deterministic_mode):
+    """The Triton label kernels called directly (the kernel contract): pixel_grad is in no Triton operator."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(deterministic_mode)
+    try:
+        compare_label_kernels("triton", torch.float32, shape, "ignore")
+    finally:
+        torch.use_deterministic_algorithms(previous)
