@@ -34,6 +34,18 @@ IGNORE = 255
 REGION = 16
 DELTA_V, DELTA_D = 0.5, 1.5
 
+def bench_labels(b: int, h: int, w: int, k: int, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """Label maps [b, h, w] of `kind`: "random" (10 % of the pixels ignored) or "blocky" (REGION-sided squares
+    of one class, 10 % of them ignored)."""
+    if kind == "blocky":
+        cells = torch.randint(0, k, (b, -(-h // REGION), -(-w // REGION)), generator=gen)
+        cells[torch.rand(cells.shape, generator=gen) < 0.1] = IGNORE
+        return cells.repeat_interleave(REGION, 1).repeat_interleave(REGION, 2)[:, :h, :w].contiguous()
+    labels = torch.randint(0, k, (b, h, w), generator=gen)
+    labels[torch.rand(b, h, w, generator=gen) < 0.1] = IGNORE
+    return labels
+
+
 # (B, D, H, W, K): the shapes the issues fix; --quick uses tiny ones
 SHAPES = [(8, 512, 97, 97, 19), (16, 512, 64, 64, 150)]
 QUICK_SHAPES = [(2, 16, 9, 11, 5)]
@@ -72,14 +84,7 @@ class Case:
 
         if self.op == "gated_blend":
             return rand(b, d, h, w), rand(b, d, h, w), rand(b, d, h, w)
-        if self.labels == "blocky":  # 10 % of the regions ignored
-            cells = torch.randint(0, k, (b, -(-h // REGION), -(-w // REGION)), generator=gen)
-            cells[torch.rand(cells.shape, generator=gen) < 0.1] = IGNORE
-            labels = cells.repeat_interleave(REGION, 1).repeat_interleave(REGION, 2)[:, :h, :w].contiguous()
-        else:  # 10 % of the pixels ignored
-            labels = torch.randint(0, k, (b, h, w), generator=gen)
-            labels[torch.rand(b, h, w, generator=gen) < 0.1] = IGNORE
-        return rand(b, d, h, w), labels.to(self.device)
+        return rand(b, d, h, w), bench_labels(b, h, w, k, self.labels, gen).to(self.device)
 
     def feature_bytes(self) -> int:
         """size(F): the bytes of the features (of one blend operand for gated_blend)."""

@@ -207,3 +207,29 @@ def test_host_profile_on_a_gpu_lists_the_hosts_side():
     assert "aten::exp" in host_names and host_ms > 0
     assert not host_names & {row["name"] for row in kernels}  # no kernel among the host's rows
     assert any(name.startswith("cuda") for name in host_names)  # the launches (cudaLaunchKernel...)
+
+
+def test_kernel_work_counts_what_the_kernels_do(tmp_path, monkeypatch):
+    """benchmarks/kernel_work.py's counts: zero for no kernel, the same for the same kernel run twice under two
+    schedules (A/A), and what the kernels' structure predicts: segment_sum folds blocky labels by warp
+    reductions (collectives, few atomics) and random ones by one atomic per lane and channel."""
+    from csfr.ops import emulation
+
+    if emulation.why_unavailable() is not None:
+        pytest.skip(emulation.why_unavailable())
+    work = load("kernel_work")
+    emulation.load()
+    assert work._counts(lambda: None) == (0, 0)
+    shape = (1, 40, 20, 20, 5)
+    first = work.measure(shape, "blocky")
+    emulation.set_schedule_seed(7)
+    assert work.measure(shape, "blocky") == first
+    random = work.measure(shape, "random")
+    elements = 40 * 20 * 20
+    collectives, atomics = first["segment_sum"]
+    assert collectives > 0 and atomics < 0.2 * elements
+    assert random["segment_sum"][1] > 0.5 * elements  # ~ one per counted element (10 % ignored)
+    out = tmp_path / "results.md"
+    monkeypatch.setattr(work, "SHAPES", [shape])
+    work.main(["--out", str(out), "--title", "work"])
+    assert "## work" in out.read_text() and "| segment_sum | 1x40x20x20, K=5 | blocky |" in out.read_text()

@@ -264,6 +264,11 @@ const bool kObserved = (csfr::emu::set_observer(&record_call), true);
 TORCH_LIBRARY(csfr_emulated, m) {
   csfr::define_kernel_schemas(m);
   m.def("set_schedule_seed(int seed) -> ()", [](int64_t seed) { csfr::emu::set_seed(static_cast<uint64_t>(seed)); });
+  // [warp collectives, atomics] since the last call, per lane (csrc/emulation/emulation.h, WorkCounts)
+  m.def("take_work_counts() -> int[]", []() {
+    const auto w = csfr::emu::take_work_counts();
+    return std::vector<int64_t>{static_cast<int64_t>(w.collectives), static_cast<int64_t>(w.atomics)};
+  });
 }
 TORCH_LIBRARY_IMPL(csfr_emulated, CPU, m) { register_kernels(m); }
 namespace {

@@ -112,6 +112,14 @@ void* dynamic_shared_memory();
 void set_observer(void (*observer)(const char* call));
 void observe(const char* call);
 
+// What the kernels did since the last call, counted per lane: warp collectives (shuffles, votes, __syncwarp)
+// and atomics. A measure of the kernels' work that a CPU can take (benchmarks/kernel_work.py), not a time.
+struct WorkCounts {
+  uint64_t collectives = 0, atomics = 0;
+};
+WorkCounts take_work_counts();
+void count_atomic();
+
 // Seed of the block and fiber schedule (also read from CSFR_EMULATION_SEED at start-up).
 void set_seed(uint64_t seed);
 
@@ -205,17 +213,20 @@ inline int __ffs(unsigned v) { return __builtin_ffs(static_cast<int>(v)); }
 
 // ---- atomics: fibers never yield inside one, so a plain read-modify-write is atomic -----------
 inline float atomicAdd(float* address, float v) {
+  csfr::emu::count_atomic();
   const float old = *address;
   *address = old + v;
   return old;
 }
 inline double atomicAdd(double* address, double v) {
+  csfr::emu::count_atomic();
   const double old = *address;
   *address = old + v;
   return old;
 }
 
 inline unsigned atomicAdd(unsigned* address, unsigned v) {
+  csfr::emu::count_atomic();
   const unsigned old = *address;
   *address = old + v;
   return old;

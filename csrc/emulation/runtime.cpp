@@ -431,7 +431,21 @@ void syncthreads(const char* site) {
   wait(State::kBlockBarrier);
 }
 
+namespace {
+WorkCounts g_work;  // launches hold g_launch_mutex, so one launch counts at a time
+}  // namespace
+
+WorkCounts take_work_counts() {
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  const WorkCounts out = g_work;
+  g_work = WorkCounts{};
+  return out;
+}
+
+void count_atomic() { ++g_work.atomics; }
+
 uint64_t warp_collective(Collective op, unsigned mask, uint64_t payload, int arg, int width) {
+  ++g_work.collectives;
   Fiber& f = *g_block->current;
   if (width <= 0 || width > kWarpSize || (width & (width - 1)) != 0)
     throw SyncError("warp collective with width " + std::to_string(width) + " (must be a power of two <= 32)");
