@@ -13,6 +13,7 @@ import contextlib
 import math
 import random
 import signal
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -235,7 +236,12 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # a float16 GradScaler skips the optimizer's step when the gradients overflow (its first steps,
+            # while the scale settles); the schedule still follows the iteration count, as it should, which
+            # torch warns about as if the calls were out of order
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.scheduler.step()
         return {**totals, "loss": sum(totals.values())}
 
     def validate(self, log: RunLog, final: bool = False) -> dict:
