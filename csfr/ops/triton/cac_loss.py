@@ -33,6 +33,17 @@ def class_blocks(k: int, d: int) -> tuple[int, int]:
 
 
 @triton.jit
+def _mean_differences(sums, a, cs, partner, inv_a, inv_c, d0, D, BLOCK_D: tl.constexpr):
+    """The channels [d0, d0 + BLOCK_D) of mu_a - mu_c for every class c of the tile (0 where c is no partner),
+    from the class sums, and class a's own sums there."""
+    ch = d0 + tl.arange(0, BLOCK_D)
+    s_a = tl.load(sums + a * D + ch, mask=ch < D, other=0)
+    mask = partner[:, None] & (ch[None, :] < D)
+    m_c = tl.load(sums + cs[:, None] * D + ch[None, :], mask=mask, other=0) * inv_c[:, None]
+    return tl.where(mask, (s_a * inv_a)[None, :] - m_c, 0.0), s_a
+
+
+@triton.jit
 def _class_part_kernel(st_ptr, counts_off, hinge_off, flags_off, a_off, g_off, row_intra_off, row_inter_off,
                        present_off, D, K, delta_d, ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     a = tl.program_id(0).to(tl.int64)
@@ -60,12 +71,8 @@ def _class_part_kernel(st_ptr, counts_off, hinge_off, flags_off, a_off, g_off, r
         d2 = tl.zeros([BLOCK_K], dtype=ACC)
         bad = tl.zeros([BLOCK_D], dtype=tl.int32)
         for d0 in range(0, D, BLOCK_D):
-            ch = d0 + tl.arange(0, BLOCK_D)
-            s_a = tl.load(sums + a * D + ch, mask=ch < D, other=0)
+            diff, s_a = _mean_differences(sums, a, cs, partner, inv_a, inv_c, d0, D, BLOCK_D)
             bad += tl.where(tl.abs(s_a) < float("inf"), 0, 1)  # NaN compares false too
-            mask = partner[:, None] & (ch[None, :] < D)
-            m_c = tl.load(sums + cs[:, None] * D + ch[None, :], mask=mask, other=0) * inv_c[:, None]
-            diff = tl.where(mask, (s_a * inv_a)[None, :] - m_c, 0.0)
             d2 += tl.sum(diff * diff, 1)
         if tl.max(bad, 0) > 0:
             tl.store(st_ptr + flags_off + _NON_FINITE, 1.0)
@@ -78,11 +85,8 @@ def _class_part_kernel(st_ptr, counts_off, hinge_off, flags_off, a_off, g_off, r
         # pass 2: d(inter)/d(mu_a) = -4 / pairs sum_c w_c (mu_a - mu_c), reaching each pixel of a with 1 / n_a
         scale = -4.0 * has_inter / pairs * inv_a
         for d0 in range(0, D, BLOCK_D):
+            diff, _ = _mean_differences(sums, a, cs, partner, inv_a, inv_c, d0, D, BLOCK_D)
             ch = d0 + tl.arange(0, BLOCK_D)
-            s_a = tl.load(sums + a * D + ch, mask=ch < D, other=0)
-            mask = partner[:, None] & (ch[None, :] < D)
-            m_c = tl.load(sums + cs[:, None] * D + ch[None, :], mask=mask, other=0) * inv_c[:, None]
-            diff = tl.where(mask, (s_a * inv_a)[None, :] - m_c, 0.0)
             tl.store(g + ch, scale * tl.sum(w[:, None] * diff, 0), mask=ch < D)
     else:
         for d0 in range(0, D, BLOCK_D):
