@@ -6,13 +6,13 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
+from runs import tiny_config
 
 from csfr.engine import checkpoint, distributed
 from csfr.engine.builders import build_datasets, build_model
 from csfr.engine.evaluator import evaluate
 from csfr.engine.trainer import Trainer
 from csfr.models import layers
-from runs import tiny_config
 
 
 def free_port() -> int:

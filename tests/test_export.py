@@ -7,10 +7,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from runs import checkpoint_of
 
 import csfr
 from csfr.export import EXTRA_FILE, METADATA_KEY, Deployable, entry, export_program, parser
-from runs import checkpoint_of
 
 
 @pytest.fixture(scope="module")

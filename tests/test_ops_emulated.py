@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from opcases import (CASES, GATES, assert_close, block_labels, compare_all_ops, compare_gated_blend,
-                     compare_label_kernels)
+from opcases import (
+    CASES,
+    GATES,
+    assert_close,
+    block_labels,
+    compare_all_ops,
+    compare_gated_blend,
+    compare_label_kernels,
+)
 
 import csfr
 from csfr.ops import emulation

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from runs import checkpoint_of
 
 import csfr
 from csfr.data import SyntheticScenes
@@ -15,7 +16,6 @@ from csfr.engine.builders import build_datasets, build_model
 from csfr.engine.evaluator import evaluate
 from csfr.engine.metrics import confusion_matrix, scores
 from csfr.predict import entry, parser
-from runs import checkpoint_of
 
 # Every step of the evaluation pipeline at work: resize to eval.base_size (the images are 40x40),
 # sliding windows, two scales and flips.

@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from runs import TINY
 
 from csfr import models
 from csfr.losses import ClassAwareConsistencyLoss
-from runs import TINY
 
 OPTS = {"width": 8, "head_channels": 16, "csfr_dim": 16}
 K = 4

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 import torch
+from runs import TINY, tiny_config
 
 from csfr.engine import checkpoint
 from csfr.engine.trainer import NonFiniteLoss, StopRequested, Trainer
-from runs import TINY, tiny_config
 
 
 def weights(path):

@@ -12,6 +12,7 @@ import contextlib
 
 import pytest
 import torch
+from runs import tiny_config
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -19,7 +20,6 @@ from csfr.engine import distributed
 from csfr.engine.precision import autocast
 from csfr.engine.trainer import NonFiniteLoss, Trainer
 from csfr.models import layers
-from runs import tiny_config
 
 
 @pytest.fixture

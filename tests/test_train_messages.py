@@ -5,10 +5,10 @@ import json
 import re
 
 import pytest
+from runs import tiny_config
 
 from csfr.engine.schedule import poly_factor, resume_note
 from csfr.engine.trainer import Trainer
-from runs import tiny_config
 
 
 def test_no_progress_prints_the_log_lines(tmp_path, capsys):

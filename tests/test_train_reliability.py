@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from runs import TINY, tiny_config
 
 from csfr import configs
 from csfr.engine import checkpoint
 from csfr.engine.run_lock import RunFolderBusy, RunLock
 from csfr.engine.trainer import Trainer
-from runs import TINY, tiny_config
 
 
 def events(work_dir, kind):
@@ -161,8 +161,9 @@ def test_validation_and_training_classes_must_agree(tmp_path):
 
 
 def test_evaluate_refuses_a_checkpoint_of_other_classes(tmp_path):
-    from csfr import evaluate
     from runs import checkpoint_of
+
+    from csfr import evaluate
     checkpoint_of(tmp_path / "best.pt")
     with pytest.raises(ValueError, match="was trained with 4 classes, but synthetic val has 6"):
         evaluate.main(["--checkpoint", str(tmp_path / "best.pt"), "--set", "data.options.num_classes=6",

@@ -7,11 +7,11 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from runs import checkpoint_of
 
 import csfr
 from csfr import evaluate, export, predict
 from csfr.data.base import read_image
-from runs import checkpoint_of
 
 
 @pytest.fixture(scope="module")
