@@ -121,7 +121,8 @@ __device__ __forceinline__ A warp_channel_totals(A (&v)[kC]) {
 
 // Segmented warp reduction of kC channels: the lanes holding the same class k >= 0 sum their kC values `v`, and
 // lane c < kC calls add(k, c, total of channel c) for each distinct class: the adds of a class go out as one
-// warp instruction to consecutive channels, not kC in turn from one lane. All lanes must call.
+// warp instruction to consecutive channels, not kC in turn from one lane. Channel c is always added by lane
+// c, so a plain (non-atomic) `add` into a per-warp table needs no __syncwarp between calls. All lanes must call.
 template <int kC, typename A, typename Add>
 __device__ __forceinline__ void warp_segment_channels_add(int k, const A (&v)[kC], Add add) {
   const int lane = threadIdx.x & 31;
@@ -137,24 +138,13 @@ __device__ __forceinline__ void warp_segment_channels_add(int k, const A (&v)[kC
   }
 }
 
-// Segmented warp reduction: lanes holding the same class k >= 0 sum `v`, and one lane per class
-// calls add(k, total). Pixels of a warp are 32 neighbours, so a warp usually holds one or two
-// classes: this costs one butterfly per distinct class instead of 32 atomics. All lanes must call.
+// Segmented warp reduction of one value: lanes holding the same class k >= 0 sum `v`, and lane 0 calls
+// add(k, total) for each distinct class. Pixels of a warp are 32 neighbours, so a warp usually holds one
+// or two classes: this costs one butterfly per distinct class instead of 32 atomics. All lanes must call.
 template <typename A, typename Add>
 __device__ __forceinline__ void warp_segment_add(int k, A v, Add add) {
-  const int lane = threadIdx.x & 31;
-  unsigned todo = __ballot_sync(kFullMask, k >= 0);
-  while (todo) {
-    const int leader = __ffs(todo) - 1;
-    const int kl = __shfl_sync(kFullMask, k, leader);
-    const A total = warp_sum(k == kl ? v : A(0));
-    if (lane == leader) add(kl, total);
-    todo &= ~__ballot_sync(kFullMask, k == kl);
-  }
-  // A later call may pick another leader for the same class: when `add` is a plain shared-memory
-  // update (the deterministic path), only __syncwarp orders this leader's write before that lane's
-  // read (shuffles and votes do not order memory; compute-sanitizer racecheck flags it without).
-  __syncwarp(kFullMask);
+  A one[1] = {v};
+  warp_segment_channels_add(k, one, [&](int kl, int, A total) { add(kl, total); });
 }
 
 // Whether the warp's lanes hold at most kLimit distinct classes k >= 0 (warp-uniform; one vote per
