@@ -109,12 +109,10 @@ def _library(name: str):
     return torch.ops.csfr
 
 
-FUSED_OPS = ("cpu", "cuda", "cuda_emulated", "triton")  # backends whose cac_loss and class_centroids are one op each
-
-
 def fused(name: str, op: str):
-    """Op `op` (cac_loss or class_centroids_fused) of a backend in FUSED_OPS, its backward an op of its own
-    (in C++ on the C++ backends). Not cached, so torch.compile traces it to the op itself."""
+    """Op `op` (cac_loss or class_centroids_fused) of kernel backend `name` (every backend but torch has
+    both), its backward an op of its own (in C++ on the C++ backends). Not cached, so torch.compile traces
+    it to the op itself."""
     return getattr(_library(name), op)
 
 

@@ -18,10 +18,9 @@ import triton
 import triton.language as tl
 
 from csfr.ops.layout import FLAG_BAD_LABEL, FLAG_NON_FINITE, CacState, acc_dtype
-from csfr.ops.triton.segment import TILE_BLOCKS, cac_pixel_pass, pixel_tile, segment_sum
-from csfr.ops.triton.tuning import bucket, configs, tl_acc
+from csfr.ops.triton.segment import TILE_CONFIGS, cac_pixel_pass, mean_scale, pixel_tile, segment_sum
+from csfr.ops.triton.tuning import bucket, tl_acc
 
-_GRAD_CONFIGS = configs(TILE_BLOCKS, {"BLOCK_N": 16, "BLOCK_D": 16})
 _NON_FINITE = tl.constexpr(FLAG_NON_FINITE)
 CLASS_TILE = 8192  # elements of the class part's [classes, channels] tile (registers of one program)
 
@@ -130,7 +129,7 @@ def _finish_kernel(st_ptr, flags_off, row_intra_off, row_inter_off, present_off,
     tl.store(st_ptr + scale_off + 1, 1.0 / c_inter)
 
 
-@triton.autotune(configs=_GRAD_CONFIGS, key=["d_bucket", "n_bucket", "k_bucket"])
+@triton.autotune(configs=TILE_CONFIGS, key=["d_bucket", "n_bucket", "k_bucket"])
 @triton.jit
 def _grad_kernel(feats_ptr, labels_ptr, st_ptr, counts_off, wsum_off, coef_off, a_off, g_off, scale_off,
                  grad_loss_ptr, grad_terms_ptr, terms_stride, w_intra, w_inter, out_ptr, D, N, K, ignore_index,
@@ -151,8 +150,9 @@ def _grad_kernel(feats_ptr, labels_ptr, st_ptr, counts_off, wsum_off, coef_off, 
         go_inter = go_inter + tl.load(grad_terms_ptr + terms_stride).to(ACC)
     s_intra = go_intra * tl.load(st_ptr + scale_off)
     s_inter = go_inter * tl.load(st_ptr + scale_off + 1)
-    bk = b * K + tl.where(valid, y, 0)
-    inv = 1.0 / tl.maximum(tl.load(st_ptr + counts_off + bk, mask=valid, other=1), 1.0)
+    y = tl.where(valid, y, 0)
+    bk = b * K + y
+    inv = mean_scale(st_ptr + counts_off, b, y, K, valid, True, ACC)
     ak = s_intra * tl.load(st_ptr + a_off + bk, mask=valid, other=0)
     direct = ak * tl.load(st_ptr + coef_off + b * N + pix, mask=valid, other=0)
     mask = (ch[:, None] < D) & valid[None, :]
@@ -180,7 +180,7 @@ def cac_loss(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, delta_
     st[:L.cleared].zero_()
     counts = st[L.counts:L.hinge].view(b, k)
     sums = st[:L.wsum].view(b, k, d)
-    segment_sum(feats, labels, k, ignore_index, out=(sums, counts), flag=st[L.flags + FLAG_BAD_LABEL:][:1])
+    segment_sum(feats, labels, k, ignore_index, out=(sums, counts), flag=st.narrow(0, L.flags + FLAG_BAD_LABEL, 1))
     cac_pixel_pass(feats, labels, sums, delta_v, ignore_index, counts=counts,
                    out=(st[L.coef:L.a].view(b, n), st[L.hinge:L.wcount].view(b, k),
                         st[L.wsum:L.counts].view(b, k, d), st[L.wcount:L.flags].view(b, k)))

@@ -13,10 +13,8 @@ import triton
 import triton.language as tl
 
 from csfr.ops.layout import CentroidState, acc_dtype
-from csfr.ops.triton.segment import TILE_BLOCKS, pixel_tile, segment_sum
-from csfr.ops.triton.tuning import bucket, configs, tl_acc
-
-_GRAD_CONFIGS = configs(TILE_BLOCKS, {"BLOCK_N": 16, "BLOCK_D": 16})
+from csfr.ops.triton.segment import TILE_CONFIGS, mean_scale, pixel_tile, segment_sum
+from csfr.ops.triton.tuning import bucket, tl_acc
 
 
 @triton.jit
@@ -37,14 +35,14 @@ def _means_kernel(st_ptr, counts_off, flag_off, mu_ptr, counts_ptr, D, K, ACC: t
         tl.store(mu_ptr + offs, (s * inv[:, None]).to(mu_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_GRAD_CONFIGS, key=["d_bucket", "n_bucket", "k_bucket"])
+@triton.autotune(configs=TILE_CONFIGS, key=["d_bucket", "n_bucket", "k_bucket"])
 @triton.jit
 def _grad_kernel(grad_ptr, s_b, s_k, s_d, labels_ptr, st_ptr, counts_off, out_ptr, D, N, K, ignore_index,
                  d_bucket, n_bucket, k_bucket, ACC: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     b, pix, y, valid = pixel_tile(labels_ptr, N, K, ignore_index, BLOCK_N)
     ch = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
     y = tl.where(valid, y, 0)
-    inv = 1.0 / tl.maximum(tl.load(st_ptr + counts_off + b * K + y, mask=valid, other=1), 1.0)
+    inv = mean_scale(st_ptr + counts_off, b, y, K, valid, True, ACC)
     mask = (ch[:, None] < D) & valid[None, :]
     grad = tl.load(grad_ptr + b * s_b + y[None, :] * s_k + ch[:, None] * s_d, mask=mask, other=0).to(ACC)
     offs = (b * D + ch[:, None]) * N + pix[None, :]

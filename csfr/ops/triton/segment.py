@@ -24,7 +24,7 @@ import triton.language as tl
 from csfr.ops.triton.tuning import acc_dtype, bucket, configs, deterministic, tl_acc
 
 TILE_BLOCKS = [{"BLOCK_N": n, "BLOCK_D": d} for n in (32, 64, 128) for d in (32, 64)]
-_TILE_CONFIGS = configs(TILE_BLOCKS, {"BLOCK_N": 16, "BLOCK_D": 16})
+TILE_CONFIGS = configs(TILE_BLOCKS, {"BLOCK_N": 16, "BLOCK_D": 16})
 _TILE_KEY = ["d_bucket", "n_bucket", "k_bucket"]
 # the fixed tile of the deterministic path (autotuning could pick another summation order per run)
 DETERMINISTIC_TILE = {"BLOCK_N": 32, "BLOCK_D": 32}
@@ -77,7 +77,7 @@ def _flag_bad_labels(flag_ptr, pix, y, N, K, ignore_index):
 
 
 @triton.jit
-def _mean_scale(counts_ptr, b, y, K, valid, FROM_SUMS: tl.constexpr, ACC: tl.constexpr):
+def mean_scale(counts_ptr, b, y, K, valid, FROM_SUMS: tl.constexpr, ACC: tl.constexpr):
     """The factor turning a row of mu into the class mean: 1 / max(n_y, 1) when mu holds the class sums
     (FROM_SUMS), else 1."""
     if FROM_SUMS:
@@ -86,7 +86,7 @@ def _mean_scale(counts_ptr, b, y, K, valid, FROM_SUMS: tl.constexpr, ACC: tl.con
     return tl.full(y.shape, 1.0, ACC)
 
 
-@triton.autotune(configs=_TILE_CONFIGS, key=_TILE_KEY, reset_to_zero=["sums_ptr", "counts_ptr"])
+@triton.autotune(configs=TILE_CONFIGS, key=_TILE_KEY, reset_to_zero=["sums_ptr", "counts_ptr"])
 @triton.jit
 def _segment_sum_kernel(feats_ptr, labels_ptr, sums_ptr, counts_ptr, flag_ptr, D, N, K, ignore_index,
                         d_bucket, n_bucket, k_bucket, FLAG: tl.constexpr,
@@ -129,7 +129,7 @@ def _class_sums_kernel(src_ptr, labels_ptr, coef_ptr, mu_ptr, mu_counts_ptr, out
         mask = valid[:, None] & (ch[None, :] < D)
         f = tl.load(src_ptr + (b * D + ch[None, :]) * N + pix[:, None], mask=mask, other=0).to(ACC)
         if WEIGHTED:
-            scale = _mean_scale(mu_counts_ptr, b, y, K, valid, FROM_SUMS, ACC)
+            scale = mean_scale(mu_counts_ptr, b, y, K, valid, FROM_SUMS, ACC)
             m = tl.load(mu_ptr + (b * K + y[:, None]) * D + ch[None, :], mask=mask, other=0) * scale[:, None]
             c = tl.load(coef_ptr + b * N + pix, mask=valid, other=0)
             f = c[:, None] * (f - m)
@@ -184,7 +184,7 @@ def segment_sum(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, ign
     return sums, counts
 
 
-@triton.autotune(configs=_TILE_CONFIGS, key=_TILE_KEY, reset_to_zero=["hinge_ptr", "wsum_ptr", "wcount_ptr"])
+@triton.autotune(configs=TILE_CONFIGS, key=_TILE_KEY, reset_to_zero=["hinge_ptr", "wsum_ptr", "wcount_ptr"])
 @triton.jit
 def _cac_pixel_pass_kernel(feats_ptr, labels_ptr, mu_ptr, mu_counts_ptr, delta_v, coef_ptr, hinge_ptr, wsum_ptr,
                            wcount_ptr, D, N, K, ignore_index, d_bucket, n_bucket, k_bucket, PER_PIXEL: tl.constexpr,
@@ -197,7 +197,7 @@ def _cac_pixel_pass_kernel(feats_ptr, labels_ptr, mu_ptr, mu_counts_ptr, delta_v
     uniform = _tile_class(y, valid)
     y = tl.where(valid, y, 0)
     mu_row = (b * K + y) * D
-    scale = _mean_scale(mu_counts_ptr, b, y, K, valid, FROM_SUMS, ACC)[None, :]
+    scale = mean_scale(mu_counts_ptr, b, y, K, valid, FROM_SUMS, ACC)[None, :]
     sq = tl.zeros([BLOCK_N], dtype=ACC)
     for d0 in range(0, D, BLOCK_D):
         ch = d0 + tl.arange(0, BLOCK_D)
@@ -257,7 +257,7 @@ def cac_pixel_pass(feats, labels, mu, delta_v: float, ignore_index: int, *, coun
     return coef, hinge, wsum, wcount
 
 
-@triton.autotune(configs=_TILE_CONFIGS, key=_TILE_KEY + ["DIRECT"])
+@triton.autotune(configs=TILE_CONFIGS, key=_TILE_KEY + ["DIRECT"])
 @triton.jit
 def _pixel_grad_kernel(feats_ptr, labels_ptr, g_ptr, mu_ptr, coef_ptr, a_ptr, out_ptr, D, N, K, ignore_index,
                        d_bucket, n_bucket, k_bucket, DIRECT: tl.constexpr, ACC: tl.constexpr,
